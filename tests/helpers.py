@@ -1,0 +1,72 @@
+"""Small helpers the integration tests share: make endpoints, publish, read state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from tests.polling import wait_for
+from webhooks.database import sql
+from webhooks.endpoints import add_endpoint
+from webhooks.history import get_deliveries, list_attempts
+from webhooks.models import Attempt, Delivery
+from webhooks.outbox import publish
+from webhooks.settings import Settings
+
+
+def new_endpoint(
+    engine: Engine, settings: Settings, url: str, project: str, events: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """Create an endpoint; return (id, secret)."""
+    with engine.begin() as conn:
+        endpoint, secret = add_endpoint(
+            conn, settings, url=url, project_id=project, event_types=events
+        )
+    return endpoint.id, secret
+
+
+def publish_one(
+    engine: Engine,
+    settings: Settings,
+    project: str,
+    event_type: str = "deployment.succeeded",
+    data: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> str:
+    with engine.begin() as conn:
+        return publish(
+            conn,
+            project_id=project,
+            type=event_type,
+            data=data if data is not None else {"deployment_id": "dep_1"},
+            settings=settings,
+            **kwargs,
+        )
+
+
+def deliveries(engine: Engine, settings: Settings, event_id: str) -> list[Delivery]:
+    with engine.connect() as conn:
+        return get_deliveries(conn, settings, event_id)
+
+
+def attempts(engine: Engine, settings: Settings, event_id: str) -> list[Attempt]:
+    with engine.connect() as conn:
+        return list_attempts(conn, settings, event_id)
+
+
+def wait_for_state(
+    engine: Engine, settings: Settings, event_id: str, state: str, *, timeout: float = 20.0
+) -> list[Delivery]:
+    """Wait until every delivery of the event is in ``state``."""
+
+    def settled() -> list[Delivery] | None:
+        found = deliveries(engine, settings, event_id)
+        return found if found and all(d.state == state for d in found) else None
+
+    return wait_for(settled, timeout=timeout, what=f"{event_id} to be {state}")
+
+
+def count_rows(engine: Engine, settings: Settings, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sql(f"SELECT count(*) FROM {{s}}.{table}", settings.db_schema)).scalar_one())

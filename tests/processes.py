@@ -1,0 +1,108 @@
+"""The Procfile's processes as real subprocesses, for integration and fault tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.polling import wait_for
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        """Signal the whole process group (a worker and its pool, say)."""
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(5)
+        else:
+            self.signal(signal.SIGKILL)  # reap stragglers of the group, if any
+
+
+@dataclass
+class Stack:
+    """Workers and dispatchers sharing one environment (schema, queue, settings)."""
+
+    env: dict[str, str]
+    logdir: Path
+    processes: list[Process] = field(default_factory=list)
+
+    def _spawn(self, name: str, argv: list[str]) -> Process:
+        log = self.logdir / f"{name}-{len(self.processes)}.log"
+        handle = log.open("wb")
+        popen = subprocess.Popen(
+            argv,
+            env={**os.environ, **self.env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        handle.close()
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, concurrency: int = 8) -> Process:
+        name = f"worker{len(self.processes)}"
+        process = self._spawn(
+            name,
+            [
+                str(BIN / "celery"), "-A", "workers", "worker", "-P", "threads",
+                "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle", "-E",
+            ],
+        )
+        wait_for(
+            lambda: " ready." in process.output() or process.popen.poll() is not None,
+            timeout=30,
+            what=f"{name} to be ready",
+        )
+        assert process.popen.poll() is None, process.output()
+        return process
+
+    def start_dispatcher(self) -> Process:
+        process = self._spawn("dispatcher", [str(BIN / "webhooks"), "dispatcher"])
+        wait_for(
+            lambda: "dispatcher.started" in process.output() or process.popen.poll() is not None,
+            timeout=20,
+            what="dispatcher to start",
+        )
+        assert process.popen.poll() is None, process.output()
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.output()[-4000:]}" for p in self.processes)
+
+
+def settle(seconds: float) -> None:
+    """Give processes a moment where a test asserts that something does NOT happen."""
+    time.sleep(seconds)

@@ -1,0 +1,145 @@
+"""One attempt, start to finish: prove the claim, sign, POST, record.
+
+This is the whole job of a worker, kept out of Celery so it can be tested and reused (the
+Celery task in `workers.tasks` only calls `run_attempt`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from webhooks import __version__, clock
+from webhooks.claims import AttemptJob, Claim, begin_attempt, record_attempt
+from webhooks.delivery import DeliveryOutcome, HttpSender
+from webhooks.models import rfc3339
+from webhooks.settings import Settings
+from webhooks.signing import signature_header
+
+log = logging.getLogger("webhooks.attempts")
+
+USER_AGENT = f"CloudAPI-Webhooks/{__version__}"
+# A result that cannot be written (Postgres restarting) is retried for about this long; past
+# it the lease runs out and the delivery is attempted again rather than lost.
+RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """What one run of the task did, as shown in Flower (no payload, no secret)."""
+
+    delivery_id: str
+    attempt: int | None
+    skipped: bool = False
+    status: int | None = None
+    error_kind: str | None = None
+    duration_ms: int | None = None
+    state: str | None = None
+    next_attempt_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The task result Flower displays."""
+        if self.skipped:
+            return {"delivery_id": self.delivery_id, "skipped": "claim superseded or done"}
+        return {
+            "delivery_id": self.delivery_id,
+            "attempt": self.attempt,
+            "status": self.status,
+            "error_kind": self.error_kind,
+            "duration_ms": self.duration_ms,
+            "state": self.state,
+            "next_attempt_at": rfc3339(self.next_attempt_at),
+        }
+
+
+def request_headers(job: AttemptJob, timestamp: int) -> dict[str, str]:
+    """The headers of one attempt: a fresh timestamp and signature, the same ``webhook-id``."""
+    event_id = job.claim.event_id
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature_header(
+            job.secrets, msg_id=event_id, timestamp=timestamp, body=job.payload
+        ),
+    }
+
+
+def run_attempt(
+    engine: Engine, sender: HttpSender, settings: Settings, claim: Claim
+) -> AttemptReport:
+    """Make the attempt a claim stands for, unless the claim is stale, and record it."""
+    with engine.begin() as conn:
+        job = begin_attempt(conn, settings, claim, clock.now())
+    if job is None:
+        log.info(
+            "attempt.skipped",
+            extra={"delivery_id": claim.delivery_id, "claim": claim.claim_token},
+        )
+        return AttemptReport(delivery_id=claim.delivery_id, attempt=None, skipped=True)
+    started_at = clock.now()
+    headers = request_headers(job, int(started_at.timestamp()))
+    outcome = sender.send(job.url, headers, job.payload)
+    recorded = _record_with_retries(engine, settings, job, outcome, started_at, headers)
+    duration_ms = round(outcome.duration.total_seconds() * 1000)
+    log.info(
+        "attempt.recorded",
+        extra={
+            "delivery_id": claim.delivery_id,
+            "event_id": claim.event_id,
+            "endpoint_id": claim.endpoint_id,
+            "attempt": recorded.number,
+            "trigger": claim.trigger,
+            "status": outcome.status,
+            "error_kind": outcome.error_kind,
+            "duration_ms": duration_ms,
+            "state": recorded.state,
+        },
+    )
+    return AttemptReport(
+        delivery_id=claim.delivery_id,
+        attempt=recorded.number,
+        status=outcome.status,
+        error_kind=outcome.error_kind,
+        duration_ms=duration_ms,
+        state=recorded.state,
+        next_attempt_at=recorded.next_attempt_at,
+    )
+
+
+def _record_with_retries(
+    engine: Engine,
+    settings: Settings,
+    job: AttemptJob,
+    outcome: DeliveryOutcome,
+    started_at: datetime,
+    headers: dict[str, str],
+) -> Any:
+    for delay in (*RECORD_RETRY_DELAYS, None):
+        try:
+            with engine.begin() as conn:
+                return record_attempt(
+                    conn,
+                    settings,
+                    job,
+                    outcome=outcome,
+                    started_at=started_at,
+                    request_headers=headers,
+                    now=clock.now(),
+                )
+        except DBAPIError as exc:
+            if delay is None or not exc.connection_invalidated:
+                raise
+            log.warning(
+                "attempt.record_retry",
+                extra={"delivery_id": job.claim.delivery_id, "error": str(exc.orig)},
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,323 @@
+"""Claims and leases: how a due delivery becomes exactly one in-flight attempt.
+
+Postgres is the only source of truth for what is due. The dispatcher *claims* due rows
+(``FOR UPDATE SKIP LOCKED``, so several dispatchers never take the same row), stamping each
+with a fresh claim token and a lease. The Celery message only carries ids and the token: if it
+is lost (broker flushed, worker killed) the lease runs out and the row is claimed again. A
+worker renews the lease when it starts and records the result only under its token, so a stale
+message can never overwrite a newer claim.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from webhooks.database import sql
+from webhooks.delivery import DeliveryOutcome
+from webhooks.endpoints import active_secrets
+from webhooks.schedule import RetryPolicy, decide_retry, parse_retry_after
+from webhooks.settings import Settings
+
+# Rows whose worker vanished (or whose message the broker lost) become due again now.
+REAP_DELIVERIES = """
+UPDATE {s}.deliveries
+SET state = 'pending', next_attempt_at = :now, claim_token = NULL, lease_expires_at = NULL,
+    updated_at = :now
+WHERE state = 'delivering' AND lease_expires_at < :now
+"""
+REAP_REPLAYS = """
+UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at = NULL
+WHERE state = 'delivering' AND lease_expires_at < :now
+"""
+
+# MATERIALIZED keeps the LIMIT subquery from being re-run by the planner (Oban's lesson), and
+# OF d locks only the delivery rows, not the endpoint rows joined to skip disabled endpoints.
+CLAIM_DELIVERIES = """
+WITH due AS MATERIALIZED (
+    SELECT d.id FROM {s}.deliveries d
+    JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
+    WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+    ORDER BY d.next_attempt_at
+    LIMIT :limit
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE {s}.deliveries d
+SET state = 'delivering', claim_token = gen_random_uuid(), lease_expires_at = :lease_until,
+    updated_at = :now
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.claim_token
+"""
+CLAIM_REPLAYS = """
+WITH due AS MATERIALIZED (
+    SELECT r.id FROM {s}.replays r
+    WHERE r.state = 'pending'
+    ORDER BY r.requested_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.replays r
+SET state = 'delivering', claim_token = gen_random_uuid(), lease_expires_at = :lease_until
+FROM due, {s}.deliveries d
+WHERE r.id = due.id AND d.id = r.delivery_id
+RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, r.claim_token
+"""
+RELEASE_DELIVERY = """
+UPDATE {s}.deliveries
+SET state = 'pending', next_attempt_at = :now, claim_token = NULL, lease_expires_at = NULL
+WHERE claim_token = CAST(:token AS uuid) AND state = 'delivering'
+"""
+RELEASE_REPLAY = """
+UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at = NULL
+WHERE claim_token = CAST(:token AS uuid) AND state = 'delivering'
+"""
+NEXT_DUE = """
+SELECT min(next_attempt_at) FROM {s}.deliveries
+WHERE state = 'pending' AND next_attempt_at IS NOT NULL
+"""
+
+# The worker's first step: prove the claim is still ours and push the lease out to cover the
+# whole attempt. No row back means a newer claim exists (or the work is done): do nothing.
+BEGIN_SCHEDULED = """
+UPDATE {s}.deliveries d SET lease_expires_at = :lease_until
+FROM {s}.events ev, {s}.endpoints e
+WHERE d.id = :delivery_id AND d.claim_token = CAST(:token AS uuid) AND d.state = 'delivering'
+  AND ev.id = d.event_id AND e.id = d.endpoint_id
+RETURNING ev.payload, e.url, e.secrets
+"""
+BEGIN_REPLAY = """
+UPDATE {s}.replays r SET lease_expires_at = :lease_until
+FROM {s}.deliveries d, {s}.events ev, {s}.endpoints e
+WHERE r.claim_token = CAST(:token AS uuid) AND r.state = 'delivering'
+  AND d.id = r.delivery_id AND d.id = :delivery_id
+  AND ev.id = d.event_id AND e.id = d.endpoint_id
+RETURNING ev.payload, e.url, e.secrets
+"""
+
+LOCK_DELIVERY = """
+SELECT attempt_count, failed_attempts, first_attempt_at, state,
+       claim_token = CAST(:token AS uuid) AS owns_claim
+FROM {s}.deliveries WHERE id = :delivery_id FOR UPDATE
+"""
+UPDATE_DELIVERY = """
+UPDATE {s}.deliveries
+SET attempt_count = :attempt_count, failed_attempts = :failed_attempts,
+    first_attempt_at = :first_attempt_at, state = :state, next_attempt_at = :next_attempt_at,
+    claim_token = :claim_token, lease_expires_at = :lease_expires_at, updated_at = :now
+WHERE id = :delivery_id
+"""
+FINISH_REPLAY = """
+UPDATE {s}.replays SET state = 'done', claim_token = NULL, lease_expires_at = NULL
+WHERE claim_token = CAST(:token AS uuid)
+"""
+INSERT_ATTEMPT = """
+INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, started_at,
+    duration_ms, request_url, request_headers, response_status, response_headers,
+    response_body, error_kind, error_message)
+VALUES (:delivery_id, :event_id, :endpoint_id, :number, :trigger, :started_at, :duration_ms,
+    :request_url, CAST(:request_headers AS jsonb), :response_status,
+    CAST(:response_headers AS jsonb), :response_body, :error_kind, :error_message)
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery handed to one worker: what the Celery message carries (ids only)."""
+
+    delivery_id: str
+    event_id: str
+    endpoint_id: str
+    attempt: int
+    claim_token: str
+    trigger: str
+
+
+@dataclass(frozen=True)
+class AttemptJob:
+    """What a worker needs to make the attempt, read under a still-valid claim."""
+
+    claim: Claim
+    payload: bytes
+    url: str
+    secrets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RecordedAttempt:
+    """The attempt as stored, and where it left the delivery."""
+
+    number: int
+    state: str
+    next_attempt_at: datetime | None
+
+
+def reap_expired_leases(conn: Connection, settings: Settings, now: datetime) -> int:
+    """Make deliveries and replays whose lease ran out due again; return how many."""
+    reaped = conn.execute(sql(REAP_DELIVERIES, settings.db_schema), {"now": now}).rowcount
+    reaped += conn.execute(sql(REAP_REPLAYS, settings.db_schema), {"now": now}).rowcount
+    return int(reaped)
+
+
+def claim_due(conn: Connection, settings: Settings, now: datetime, limit: int) -> list[Claim]:
+    """Claim up to ``limit`` due replays and deliveries (replays first: an operator waits)."""
+    params = {"now": now, "limit": limit, "lease_until": now + settings.lease}
+    claims = [
+        _claim(row, "replay")
+        for row in conn.execute(sql(CLAIM_REPLAYS, settings.db_schema), params)
+    ]
+    params["limit"] = limit - len(claims)
+    if params["limit"] > 0:
+        claims += [
+            _claim(row, "scheduled")
+            for row in conn.execute(sql(CLAIM_DELIVERIES, settings.db_schema), params)
+        ]
+    return claims
+
+
+def release_claims(
+    conn: Connection, settings: Settings, claims: list[Claim], now: datetime
+) -> None:
+    """Give back claims whose message could not be sent, so they need not wait for the lease."""
+    for claim in claims:
+        statement = RELEASE_REPLAY if claim.trigger == "replay" else RELEASE_DELIVERY
+        conn.execute(
+            sql(statement, settings.db_schema), {"token": claim.claim_token, "now": now}
+        )
+
+
+def next_due_at(conn: Connection, settings: Settings) -> datetime | None:
+    """When the earliest pending delivery falls due (None when nothing is scheduled)."""
+    value: datetime | None = conn.execute(sql(NEXT_DUE, settings.db_schema)).scalar_one()
+    return value
+
+
+def begin_attempt(
+    conn: Connection, settings: Settings, claim: Claim, now: datetime
+) -> AttemptJob | None:
+    """Renew the lease of a claim and read what to send, or None if the claim is stale."""
+    statement = BEGIN_REPLAY if claim.trigger == "replay" else BEGIN_SCHEDULED
+    row = conn.execute(
+        sql(statement, settings.db_schema),
+        {
+            "token": claim.claim_token,
+            "delivery_id": claim.delivery_id,
+            "lease_until": now + settings.lease,
+        },
+    ).one_or_none()
+    if row is None:
+        return None
+    return AttemptJob(
+        claim=claim,
+        payload=row.payload.encode("utf-8"),
+        url=row.url,
+        secrets=tuple(active_secrets(row.secrets, now)),
+    )
+
+
+def record_attempt(
+    conn: Connection,
+    settings: Settings,
+    job: AttemptJob,
+    *,
+    outcome: DeliveryOutcome,
+    started_at: datetime,
+    request_headers: dict[str, str],
+    now: datetime,
+) -> RecordedAttempt:
+    """Store the attempt and move the delivery, in the caller's (one) transaction.
+
+    Every attempt is stored, even one made under a claim that has since been superseded: the
+    request went out. Only the owner of the current claim moves a scheduled delivery; a
+    replay moves it only when it succeeds, and never opens a new retry window.
+    """
+    claim = job.claim
+    params: dict[str, Any] = {"delivery_id": claim.delivery_id, "token": claim.claim_token}
+    current = conn.execute(sql(LOCK_DELIVERY, settings.db_schema), params).one()
+    number = current.attempt_count + 1
+    update: dict[str, Any] = {
+        "delivery_id": claim.delivery_id,
+        "attempt_count": number,
+        "failed_attempts": current.failed_attempts,
+        "first_attempt_at": current.first_attempt_at,
+        "state": current.state,
+        "next_attempt_at": None,
+        "claim_token": claim.claim_token if current.owns_claim else None,
+        "lease_expires_at": None,
+        "now": now,
+    }
+    keep_schedule = True
+    if outcome.is_success:
+        # A 2xx settles the delivery whoever sent it: a replay, the current claim, or a
+        # superseded one whose lease ran out (clearing the token stops the newer claim
+        # before it sends, if it has not started yet).
+        update.update(state="succeeded", claim_token=None)
+        keep_schedule = False
+    elif claim.trigger == "scheduled" and current.owns_claim:
+        keep_schedule = False
+        first = current.first_attempt_at or started_at
+        decision = decide_retry(
+            RetryPolicy.from_settings(settings),
+            failures=current.failed_attempts + 1,
+            first_attempt_at=first,
+            now=now,
+            retry_after=parse_retry_after(outcome.status, outcome.retry_after, now=now),
+        )
+        update.update(
+            failed_attempts=current.failed_attempts + 1,
+            first_attempt_at=first,
+            state="failed" if decision.gives_up else "pending",
+            next_attempt_at=decision.next_attempt_at,
+            claim_token=None,
+        )
+    if keep_schedule:
+        # Not ours to move (a replay that failed, or a superseded claim): count the attempt
+        # and leave state, schedule and any live claim exactly as they are.
+        conn.execute(
+            sql(
+                "UPDATE {s}.deliveries SET attempt_count = :attempt_count, updated_at = :now "
+                "WHERE id = :delivery_id",
+                settings.db_schema,
+            ),
+            update,
+        )
+    else:
+        conn.execute(sql(UPDATE_DELIVERY, settings.db_schema), update)
+    if claim.trigger == "replay":
+        conn.execute(sql(FINISH_REPLAY, settings.db_schema), params)
+    conn.execute(
+        sql(INSERT_ATTEMPT, settings.db_schema),
+        {
+            "delivery_id": claim.delivery_id,
+            "event_id": claim.event_id,
+            "endpoint_id": claim.endpoint_id,
+            "number": number,
+            "trigger": claim.trigger,
+            "started_at": started_at,
+            "duration_ms": round(outcome.duration.total_seconds() * 1000),
+            "request_url": job.url,
+            "request_headers": json.dumps(request_headers),
+            "response_status": outcome.status,
+            "response_headers": json.dumps(outcome.response_headers),
+            "response_body": outcome.response_body,
+            "error_kind": outcome.error_kind,
+            "error_message": outcome.error_message,
+        },
+    )
+    return RecordedAttempt(
+        number=number, state=update["state"], next_attempt_at=update["next_attempt_at"]
+    )
+
+
+def _claim(row: Any, trigger: str) -> Claim:
+    return Claim(
+        delivery_id=row.id,
+        event_id=row.event_id,
+        endpoint_id=row.endpoint_id,
+        attempt=row.attempt_count + 1,
+        claim_token=str(row.claim_token),
+        trigger=trigger,
+    )

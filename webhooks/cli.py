@@ -1,0 +1,470 @@
+"""The ``webhooks`` admin command: endpoints, publish, inspect, replay, and the processes.
+
+Errors are one line on stderr starting ``error:``, exit 1 for bad input or a failed
+operation, 2 for usage errors; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from webhooks import __version__, clock
+from webhooks.database import create_engine, migrate, translate_errors
+from webhooks.endpoints import (
+    add_endpoint,
+    disable_endpoint,
+    enable_endpoint,
+    get_endpoint,
+    list_endpoints,
+    rotate_secret,
+)
+from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
+from webhooks.history import get_deliveries, get_envelope, list_attempts
+from webhooks.models import Attempt, Endpoint, rfc3339
+from webhooks.outbox import publish_event
+from webhooks.replay import BulkReplay, count_bulk, replay_bulk, replay_event
+from webhooks.settings import Settings, parse_duration
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class Context:
+    """Settings and a lazily created engine, shared by one invocation's commands."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_engine(self.settings, pool_size=1)
+        return self._engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with translate_errors(self.settings), self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def parse_time(text: str, *, option: str) -> datetime:
+    """An RFC 3339 time (``2026-11-28T10:00:00Z``) or a duration ago (``2h``)."""
+    if re.fullmatch(r"\d+(\.\d+)?[smhd]", text.strip()):
+        return clock.now() - parse_duration(text, name=option)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"{option} {text!r} is not a time; use RFC 3339 (2026-11-28T10:00:00Z) or an age "
+            "such as 2h"
+        ) from exc
+    if moment.tzinfo is None:
+        raise InvalidArgument(f"{option} {text!r} has no timezone; add Z for UTC")
+    return moment
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.version_option(__version__, prog_name="webhooks")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Webhook delivery for the Cloud API: endpoints, events, attempts and replay."""
+    ctx.obj = Context()
+    ctx.call_on_close(ctx.obj.close)
+
+
+@cli.command("migrate")
+@pass_context
+def migrate_command(ctx: Context) -> None:
+    """Create or upgrade the database schema (safe to run any number of times)."""
+    revision = migrate(ctx.settings)
+    click.echo(f"schema {ctx.settings.db_schema} is at revision {revision}")
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+
+@cli.group("endpoint")
+def endpoint_group() -> None:
+    """Manage the URLs events are delivered to."""
+
+
+def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) -> None:
+    if as_json:
+        data = endpoint.to_json()
+        if secret is not None:
+            data = {"id": endpoint.id, "secret": secret, **data}
+        emit_json(data)
+        return
+    click.echo(f"id          {endpoint.id}")
+    if secret is not None:
+        click.echo(f"secret      {secret}   (shown once: store it now)")
+    click.echo(f"url         {endpoint.url}")
+    click.echo(f"project     {endpoint.project_id}")
+    click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
+    state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
+    click.echo(f"state       {state}")
+
+
+@endpoint_group.command("add")
+@click.argument("url")
+@click.option("--project", "project_id", required=True, help="Project id (proj_…).")
+@click.option("--events", default="", help="Comma-separated types or prefix.* filters.")
+@json_option
+@pass_context
+def endpoint_add(ctx: Context, url: str, project_id: str, events: str, as_json: bool) -> None:
+    """Register URL to receive the project's events; prints its id and signing secret."""
+    with ctx.transaction() as conn:
+        endpoint, secret = add_endpoint(
+            conn, ctx.settings, url=url, project_id=project_id, event_types=events.split(",")
+        )
+    show_endpoint(endpoint, as_json, secret)
+
+
+@endpoint_group.command("list")
+@click.option("--project", "project_id", default=None, help="Only this project's endpoints.")
+@json_option
+@pass_context
+def endpoint_list(ctx: Context, project_id: str | None, as_json: bool) -> None:
+    """List endpoints (never their secrets)."""
+    with ctx.transaction() as conn:
+        endpoints = list_endpoints(conn, ctx.settings, project_id=project_id)
+    if as_json:
+        emit_json([e.to_json() for e in endpoints])
+        return
+    emit_table(
+        ["id", "project", "state", "events", "url"],
+        [
+            (e.id, e.project_id, "enabled" if e.enabled else "disabled",
+             ",".join(e.event_types) or "(all)", e.url)
+            for e in endpoints
+        ],
+    )
+
+
+@endpoint_group.command("show")
+@click.argument("endpoint_id")
+@json_option
+@pass_context
+def endpoint_show(ctx: Context, endpoint_id: str, as_json: bool) -> None:
+    """Show one endpoint (never its secret)."""
+    with ctx.transaction() as conn:
+        show_endpoint(get_endpoint(conn, ctx.settings, endpoint_id), as_json)
+
+
+@endpoint_group.command("disable")
+@click.argument("endpoint_id")
+@click.option("--reason", default=None, help="Why; shown with the endpoint.")
+@json_option
+@pass_context
+def endpoint_disable(ctx: Context, endpoint_id: str, reason: str | None, as_json: bool) -> None:
+    """Stop delivering to an endpoint; its deliveries wait until it is enabled."""
+    with ctx.transaction() as conn:
+        show_endpoint(disable_endpoint(conn, ctx.settings, endpoint_id, reason=reason), as_json)
+
+
+@endpoint_group.command("enable")
+@click.argument("endpoint_id")
+@json_option
+@pass_context
+def endpoint_enable(ctx: Context, endpoint_id: str, as_json: bool) -> None:
+    """Deliver to an endpoint again, starting with what it missed."""
+    with ctx.transaction() as conn:
+        show_endpoint(enable_endpoint(conn, ctx.settings, endpoint_id), as_json)
+
+
+@endpoint_group.command("rotate-secret")
+@click.argument("endpoint_id")
+@click.option("--grace", default="24h", help="How long the old secret keeps signing.")
+@json_option
+@pass_context
+def endpoint_rotate(ctx: Context, endpoint_id: str, grace: str, as_json: bool) -> None:
+    """Give an endpoint a new secret; the old one keeps signing for --grace."""
+    grace_period = parse_duration(grace, name="--grace")
+    with ctx.transaction() as conn:
+        endpoint, secret = rotate_secret(conn, ctx.settings, endpoint_id, grace=grace_period)
+    show_endpoint(endpoint, as_json, secret)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def read_data(value: str) -> Any:
+    if value == "-":
+        text = sys.stdin.read()
+    elif value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read --data file {value[1:]}: {exc.strerror}") from exc
+    else:
+        text = value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidPayload(f"--data is not valid JSON: {exc}") from exc
+
+
+@cli.command("publish")
+@click.argument("event_type")
+@click.option("--project", "project_id", required=True, help="Project id (proj_…).")
+@click.option("--data", required=True, help="A JSON object, @FILE, or - for stdin.")
+@click.option("--idempotency-key", default=None, help="Publishing the same key twice is a no-op.")
+@json_option
+@pass_context
+def publish_command(
+    ctx: Context,
+    event_type: str,
+    project_id: str,
+    data: str,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Publish an event of EVENT_TYPE, as the API would."""
+    payload = read_data(data)
+    with ctx.transaction() as conn:
+        result = publish_event(
+            conn,
+            ctx.settings,
+            project_id=project_id,
+            type=event_type,
+            data=payload,
+            idempotency_key=idempotency_key,
+        )
+    if as_json:
+        emit_json({"id": result.id, "duplicate": result.duplicate})
+    else:
+        click.echo(result.id + ("  (already published with this idempotency key)"
+                                if result.duplicate else ""))
+
+
+@cli.group("event")
+def event_group() -> None:
+    """Inspect events."""
+
+
+def attempt_rows(attempts: Sequence[Attempt]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            a.endpoint_id,
+            a.number,
+            a.trigger,
+            rfc3339(a.started_at),
+            f"{a.duration_ms}ms",
+            a.response_status,
+            a.error_kind or "ok",
+            (a.error_message or a.response_body or "")[:60].replace("\n", " "),
+        )
+        for a in attempts
+    ]
+
+
+ATTEMPT_HEADERS = ["endpoint", "#", "trigger", "started", "took", "status", "result", "detail"]
+
+
+@event_group.command("show")
+@click.argument("event_id")
+@json_option
+@pass_context
+def event_show(ctx: Context, event_id: str, as_json: bool) -> None:
+    """Show an event, its deliveries and every attempt."""
+    with ctx.transaction() as conn:
+        envelope = get_envelope(conn, ctx.settings, event_id)
+        deliveries = get_deliveries(conn, ctx.settings, event_id)
+    if as_json:
+        emit_json({"event": envelope, "deliveries": [d.to_json() for d in deliveries]})
+        return
+    click.echo(f"event       {envelope['id']}  {envelope['type']}")
+    click.echo(f"project     {envelope['project_id']}")
+    click.echo(f"created     {envelope['created_at']}")
+    click.echo("")
+    emit_table(
+        ["delivery", "endpoint", "state", "attempts", "next attempt"],
+        [
+            (d.id, d.endpoint_id, d.state, d.attempt_count, rfc3339(d.next_attempt_at))
+            for d in deliveries
+        ],
+    )
+    attempts = [a for d in deliveries for a in d.attempts]
+    if attempts:
+        click.echo("")
+        emit_table(ATTEMPT_HEADERS, attempt_rows(attempts))
+
+
+@cli.command("attempts")
+@click.argument("event_id")
+@click.option("--endpoint", "endpoint_id", default=None, help="Only attempts to this endpoint.")
+@json_option
+@pass_context
+def attempts_command(ctx: Context, event_id: str, endpoint_id: str | None, as_json: bool) -> None:
+    """List every attempt to deliver an event."""
+    with ctx.transaction() as conn:
+        attempts = list_attempts(conn, ctx.settings, event_id, endpoint_id=endpoint_id)
+    if as_json:
+        emit_json([a.to_json() for a in attempts])
+    elif attempts:
+        emit_table(ATTEMPT_HEADERS, attempt_rows(attempts))
+    else:
+        click.echo(f"no attempts yet for {event_id}")
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+
+@cli.command("replay")
+@click.argument("event_id", required=False)
+@click.option("--endpoint", "endpoint_id", default=None, help="Only this endpoint.")
+@click.option("--since", default=None, help="Bulk: deliveries created since (RFC 3339 or 2h).")
+@click.option("--until", default=None, help="Bulk: and before this time.")
+@click.option("--status", default=None, help="Bulk: only deliveries in this state (failed).")
+@click.option("--dry-run", is_flag=True, help="Bulk: count, queue nothing.")
+@json_option
+@pass_context
+def replay_command(
+    ctx: Context,
+    event_id: str | None,
+    endpoint_id: str | None,
+    since: str | None,
+    until: str | None,
+    status: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Send an event again now (EVENT_ID), or in bulk (--endpoint EP --since T)."""
+    if event_id is not None:
+        if since or until or status or dry_run:
+            raise click.UsageError("--since/--until/--status/--dry-run are for the bulk form")
+        with ctx.transaction() as conn:
+            queued = replay_event(conn, ctx.settings, event_id, endpoint_id=endpoint_id)
+        report_replay(queued, as_json, dry_run=False)
+        return
+    if endpoint_id is None or since is None:
+        raise click.UsageError("give an EVENT_ID, or --endpoint EP --since T for a bulk replay")
+    selection = BulkReplay(
+        endpoint_id=endpoint_id,
+        since=parse_time(since, option="--since"),
+        until=parse_time(until, option="--until") if until else None,
+        status=status,
+    )
+    with ctx.transaction() as conn:
+        total = count_bulk(conn, ctx.settings, selection)
+    if dry_run or total == 0:
+        report_replay(total, as_json, dry_run=dry_run)
+        return
+    with translate_errors(ctx.settings), click.progressbar(
+        length=total, label="queueing replays", file=sys.stderr
+    ) as bar:
+        queued = replay_bulk(ctx.engine, ctx.settings, selection, on_progress=bar.update)
+    report_replay(queued, as_json, dry_run=False)
+
+
+def report_replay(count: int, as_json: bool, *, dry_run: bool) -> None:
+    if as_json:
+        emit_json({"queued": 0 if dry_run else count, **({"matched": count} if dry_run else {})})
+    elif dry_run:
+        click.echo(f"{count} deliveries would be replayed (dry run: nothing queued)")
+    else:
+        click.echo(f"queued {count} deliveries for replay")
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+@cli.command("dispatcher")
+@pass_context
+def dispatcher_command(ctx: Context) -> None:
+    """Run the outbox relay: claim due deliveries and hand them to the workers."""
+    from webhooks.logs import configure_logging
+    from workers.dispatcher import run_dispatcher
+
+    configure_logging()
+    run_dispatcher(ctx.settings)
+
+
+@cli.command("dev")
+@click.option("--data-dir", default=".dev", show_default=True, help="Where embedded data lives.")
+@click.option("--flower-port", default=5555, show_default=True, help="Flower's port.")
+@click.option("--exit-after-demo", is_flag=True, help="Stop once the demo event is delivered.")
+def dev_command(data_dir: str, flower_port: int, exit_after_demo: bool) -> None:
+    """Run everything on this machine: database, broker, workers, Flower and a demo."""
+    from webhooks.dev import run_dev
+
+    code = run_dev(
+        data_dir=Path(data_dir).resolve(), flower_port=flower_port, stop_after_demo=exit_after_demo
+    )
+    raise SystemExit(code)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo("error: " + " ".join(message.split()), err=True)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; turn every error into one ``error:`` line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="webhooks", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        raise SystemExit(2) from None
+    except click.UsageError as exc:
+        fail(exc.format_message(), 2)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        fail("aborted", 1)
+    except WebhookError as exc:
+        if debug:
+            raise
+        fail(str(exc), 1)
+    except SQLAlchemyError as exc:
+        if debug:
+            raise
+        fail(f"database error: {str(getattr(exc, 'orig', exc)).splitlines()[0]}", 1)
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise SystemExit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)

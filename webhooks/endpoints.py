@@ -1,0 +1,246 @@
+"""Endpoints: where customers want their events, with secrets, filters and an on/off switch.
+
+Every function takes an open connection (the caller owns the transaction) and the settings.
+Secrets leave this module only from `add_endpoint` and `rotate_secret`, the two operations
+whose job is to show them once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Connection
+
+from webhooks import clock
+from webhooks.addresses import blocked_reason, literal_ip
+from webhooks.database import sql
+from webhooks.errors import EndpointNotFound, InvalidArgument, InvalidEndpointURL
+from webhooks.event_types import validate_filters
+from webhooks.ids import new_id
+from webhooks.models import Endpoint
+from webhooks.outbox import notify_dispatchers, validate_project_id
+from webhooks.settings import Settings
+from webhooks.signing import generate_secret
+
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+MAX_URL_LENGTH = 2048
+
+_COLUMNS = "id, project_id, url, event_types, enabled, disabled_reason, created_at, updated_at"
+
+
+def validate_url(url: str, settings: Settings) -> str:
+    """Return ``url`` if deliveries may be sent to it, else raise `InvalidEndpointURL`.
+
+    Hostnames are checked again at every attempt (they may resolve anywhere); a literal
+    address can be judged now, so one in a blocked range is refused at creation.
+    """
+    if not url or len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
+        raise InvalidEndpointURL(
+            f"endpoint URL must be non-empty, without spaces, at most {MAX_URL_LENGTH} characters"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidEndpointURL(f"endpoint URL {url!r} is malformed: {exc}") from exc
+    allowed = ("https", "http") if settings.allow_http else ("https",)
+    if parts.scheme.lower() not in allowed:
+        hint = "" if settings.allow_http else " (set WEBHOOKS_ALLOW_HTTP=true to allow http in development)"
+        raise InvalidEndpointURL(f"endpoint URL must use https, not {parts.scheme or 'nothing'!r}{hint}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidEndpointURL("endpoint URL must not carry credentials (user:password@)")
+    if parts.fragment or url.endswith("#"):
+        raise InvalidEndpointURL("endpoint URL must not have a #fragment; receivers never see it")
+    host = parts.hostname
+    if not host:
+        raise InvalidEndpointURL(f"endpoint URL {url!r} has no host")
+    if port == 0:
+        raise InvalidEndpointURL("endpoint URL port must be between 1 and 65535")
+    ip = literal_ip(host)
+    if ip is not None:
+        reason = blocked_reason(ip, settings.allowed_networks)
+        if reason:
+            raise InvalidEndpointURL(
+                f"endpoint URL points at {ip}, which is refused: {reason}; to allow it on "
+                "purpose, add its network to WEBHOOKS_ALLOWED_NETWORKS (e.g. 127.0.0.0/8)"
+            )
+    return url
+
+
+def active_secrets(stored: Sequence[dict[str, Any]], now: datetime) -> list[str]:
+    """Return the secrets that sign right now: the current one and those still in grace."""
+    result = []
+    for item in stored:
+        expires = item.get("expires_at")
+        if expires is None or datetime.fromisoformat(expires) > now:
+            result.append(str(item["secret"]))
+    return result
+
+
+def add_endpoint(
+    conn: Connection,
+    settings: Settings,
+    *,
+    url: str,
+    project_id: str,
+    event_types: Iterable[str] = (),
+) -> tuple[Endpoint, str]:
+    """Create an endpoint and return it with its new signing secret (shown only here)."""
+    validate_url(url, settings)
+    validate_project_id(project_id)
+    filters = validate_filters(event_types)
+    secret = generate_secret()
+    now = clock.now()
+    row = conn.execute(
+        sql(
+            "INSERT INTO {s}.endpoints (id, project_id, url, secrets, event_types, enabled, "
+            "created_at, updated_at) VALUES (:id, :project_id, :url, CAST(:secrets AS jsonb), "
+            f":event_types, true, :now, :now) RETURNING {_COLUMNS}",
+            settings.db_schema,
+        ),
+        {
+            "id": new_id("ep"),
+            "project_id": project_id,
+            "url": url,
+            "secrets": json.dumps([{"secret": secret, "expires_at": None}]),
+            "event_types": list(filters),
+            "now": now,
+        },
+    ).one()
+    return _endpoint(row), secret
+
+
+def get_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endpoint:
+    """Return one endpoint, or raise `EndpointNotFound`."""
+    row = conn.execute(
+        sql(f"SELECT {_COLUMNS} FROM {{s}}.endpoints WHERE id = :id", settings.db_schema),
+        {"id": endpoint_id},
+    ).one_or_none()
+    if row is None:
+        raise EndpointNotFound(endpoint_id)
+    return _endpoint(row)
+
+
+def list_endpoints(
+    conn: Connection, settings: Settings, *, project_id: str | None = None
+) -> list[Endpoint]:
+    """Return every endpoint, or those of one project, oldest first."""
+    rows = conn.execute(
+        sql(
+            f"SELECT {_COLUMNS} FROM {{s}}.endpoints "
+            "WHERE CAST(:project_id AS text) IS NULL OR project_id = :project_id "
+            "ORDER BY created_at, id",
+            settings.db_schema,
+        ),
+        {"project_id": project_id},
+    )
+    return [_endpoint(r) for r in rows]
+
+
+def disable_endpoint(
+    conn: Connection, settings: Settings, endpoint_id: str, *, reason: str | None = None
+) -> Endpoint:
+    """Stop delivering to an endpoint. Its deliveries are held, not dropped."""
+    now = clock.now()
+    row = conn.execute(
+        sql(
+            "UPDATE {s}.endpoints SET enabled = false, disabled_reason = :reason, "
+            f"updated_at = :now WHERE id = :id RETURNING {_COLUMNS}",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id, "reason": reason or "disabled by an operator", "now": now},
+    ).one_or_none()
+    if row is None:
+        raise EndpointNotFound(endpoint_id)
+    # Held deliveries leave the due index, so a long-disabled endpoint with a big backlog
+    # costs the dispatcher nothing. The claim query also checks `enabled`, which covers a
+    # worker that reschedules a delivery of this endpoint right now.
+    conn.execute(
+        sql(
+            "UPDATE {s}.deliveries SET next_attempt_at = NULL, updated_at = :now "
+            "WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at IS NOT NULL",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id, "now": now},
+    )
+    return _endpoint(row)
+
+
+def enable_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endpoint:
+    """Deliver to an endpoint again; its held deliveries become due at once."""
+    now = clock.now()
+    row = conn.execute(
+        sql(
+            "UPDATE {s}.endpoints SET enabled = true, disabled_reason = NULL, updated_at = :now "
+            f"WHERE id = :id RETURNING {_COLUMNS}",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id, "now": now},
+    ).one_or_none()
+    if row is None:
+        raise EndpointNotFound(endpoint_id)
+    released = conn.execute(
+        sql(
+            "UPDATE {s}.deliveries SET next_attempt_at = :now, updated_at = :now "
+            "WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at IS NULL",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id, "now": now},
+    ).rowcount
+    if released:
+        notify_dispatchers(conn, settings)
+    return _endpoint(row)
+
+
+def rotate_secret(
+    conn: Connection,
+    settings: Settings,
+    endpoint_id: str,
+    *,
+    grace: timedelta = DEFAULT_ROTATION_GRACE,
+) -> tuple[Endpoint, str]:
+    """Give an endpoint a new secret; older ones keep signing for ``grace``, then stop."""
+    now = clock.now()
+    stored = conn.execute(
+        sql("SELECT secrets FROM {s}.endpoints WHERE id = :id FOR UPDATE", settings.db_schema),
+        {"id": endpoint_id},
+    ).scalar_one_or_none()
+    if stored is None:
+        raise EndpointNotFound(endpoint_id)
+    expires = (now + grace).isoformat()
+    kept = [
+        {"secret": item["secret"], "expires_at": min(item["expires_at"] or expires, expires)}
+        for item in stored
+        if item["secret"] in active_secrets([item], now)
+    ]
+    secret = generate_secret()
+    row = conn.execute(
+        sql(
+            "UPDATE {s}.endpoints SET secrets = CAST(:secrets AS jsonb), updated_at = :now "
+            f"WHERE id = :id RETURNING {_COLUMNS}",
+            settings.db_schema,
+        ),
+        {
+            "id": endpoint_id,
+            "secrets": json.dumps([{"secret": secret, "expires_at": None}, *kept]),
+            "now": now,
+        },
+    ).one()
+    return _endpoint(row), secret
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return Endpoint(
+        id=row.id,
+        project_id=row.project_id,
+        url=row.url,
+        event_types=tuple(row.event_types),
+        enabled=row.enabled,
+        disabled_reason=row.disabled_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

@@ -1,0 +1,74 @@
+"""Every error the library raises on purpose.
+
+A failed HTTP attempt is *not* an error: it is a `DeliveryOutcome` the worker records. The
+errors below are for callers who asked for something that cannot be done; each message names
+the id or value involved and says what to do.
+
+    WebhookError
+    ├── ConfigurationError        a setting in the environment is invalid
+    ├── DatabaseUnavailable       Postgres cannot be reached or the schema is missing
+    ├── BrokerUnavailable         the Celery broker cannot be reached
+    ├── InvalidEndpointURL        (ValueError) an endpoint URL is refused at creation
+    ├── InvalidEventType          (ValueError) an event type or filter is malformed
+    ├── InvalidPayload            (ValueError) event data is not a JSON object
+    │   └── PayloadTooLarge       the envelope is over 262,144 bytes
+    ├── InvalidArgument           (ValueError) any other bad input (ids, times, flags)
+    ├── EndpointNotFound          (LookupError)
+    └── EventNotFound             (LookupError)
+"""
+
+from __future__ import annotations
+
+
+class WebhookError(Exception):
+    """Base class of every error raised on purpose by `webhooks`."""
+
+
+class ConfigurationError(WebhookError):
+    """A setting read from the environment is invalid."""
+
+
+class DatabaseUnavailable(WebhookError):
+    """Postgres cannot be reached, or the webhooks schema has not been migrated."""
+
+
+class BrokerUnavailable(WebhookError):
+    """The Celery broker cannot be reached."""
+
+
+class InvalidEndpointURL(WebhookError, ValueError):
+    """An endpoint URL was refused when the endpoint was created."""
+
+
+class InvalidEventType(WebhookError, ValueError):
+    """An event type or event-type filter is malformed."""
+
+
+class InvalidPayload(WebhookError, ValueError):
+    """Event data cannot be published (not a JSON object, not serialisable)."""
+
+
+class PayloadTooLarge(InvalidPayload):
+    """The event envelope, as it would be sent, is over the size limit."""
+
+
+class InvalidArgument(WebhookError, ValueError):
+    """Some other argument is malformed (an id, a time, a flag value)."""
+
+
+class EndpointNotFound(WebhookError, LookupError):
+    """No endpoint has the given id."""
+
+    def __init__(self, endpoint_id: str) -> None:
+        super().__init__(
+            f"endpoint {endpoint_id} does not exist; `webhooks endpoint list` shows the known ones"
+        )
+        self.endpoint_id = endpoint_id
+
+
+class EventNotFound(WebhookError, LookupError):
+    """No event has the given id."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"event {event_id} does not exist; check the id (it starts with evt_)")
+        self.event_id = event_id

@@ -1,0 +1,33 @@
+"""Logging set-up for the processes we start: a stable event name plus ids, never a payload.
+
+Records are logged as ``logger.info("attempt.recorded", extra={...ids})``; this formatter
+appends the extras as ``key=value`` so a human can read them and grep can find them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``time level logger event key=value …``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format the record with its extra fields."""
+        base = super().format(record)
+        extras = " ".join(
+            f"{key}={value}" for key, value in vars(record).items() if key not in _STANDARD
+        )
+        return f"{base} {extras}" if extras else base
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send our logs to stderr, one line per event."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

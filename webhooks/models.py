@@ -1,0 +1,106 @@
+"""The domain's values as the library hands them out: endpoints, deliveries, attempts.
+
+They are plain frozen dataclasses built from rows; `to_json()` gives the shapes SPEC fixes for
+the CLI's ``--json`` output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+DELIVERY_STATES = ("pending", "delivering", "succeeded", "failed")
+TRIGGERS = ("scheduled", "replay")
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """Format a UTC time as RFC 3339 with ``Z`` (milliseconds kept when there are any)."""
+    if moment is None:
+        return None
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A customer's receiving URL and what it subscribes to. Secrets are never held here."""
+
+    id: str
+    project_id: str
+    url: str
+    event_types: tuple[str, ...]
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The `endpoint show --json` shape."""
+        return {
+            "id": self.id,
+            "url": self.url,
+            "project_id": self.project_id,
+            "event_types": list(self.event_types),
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One HTTP try, as stored (append-only)."""
+
+    number: int
+    trigger: str
+    delivery_id: str
+    endpoint_id: str
+    started_at: datetime
+    duration_ms: int
+    request_url: str
+    response_status: int | None
+    error_kind: str | None
+    error_message: str | None
+    response_body: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `attempts --json` element shape."""
+        return {
+            "number": self.number,
+            "trigger": self.trigger,
+            "endpoint_id": self.endpoint_id,
+            "delivery_id": self.delivery_id,
+            "started_at": rfc3339(self.started_at),
+            "duration_ms": self.duration_ms,
+            "request_url": self.request_url,
+            "response_status": self.response_status,
+            "error_kind": self.error_kind,
+            "error_message": self.error_message,
+            "response_body": self.response_body,
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event on its way to one endpoint, with every attempt made so far."""
+
+    id: str
+    event_id: str
+    endpoint_id: str
+    state: str
+    attempt_count: int
+    next_attempt_at: datetime | None
+    attempts: tuple[Attempt, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The `event show --json` delivery shape."""
+        return {
+            "id": self.id,
+            "endpoint_id": self.endpoint_id,
+            "state": self.state,
+            "attempt_count": self.attempt_count,
+            "next_attempt_at": rfc3339(self.next_attempt_at),
+            "attempts": [a.to_json() for a in self.attempts],
+        }

@@ -1,0 +1,205 @@
+"""The transactional outbox: `publish()` records an event and its deliveries in the caller's
+transaction, so an event exists for delivery exactly when the API's own change committed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from webhooks import clock
+from webhooks.database import sql
+from webhooks.errors import InvalidArgument, InvalidPayload, PayloadTooLarge
+from webhooks.event_types import validate_event_type
+from webhooks.ids import new_id
+from webhooks.models import rfc3339
+from webhooks.settings import Settings
+
+MAX_ENVELOPE_BYTES = 262_144
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_PROJECT_ID_LENGTH = 200
+
+# One round trip records the event and fans it out to every subscribed endpoint of the
+# project. A disabled endpoint still gets its delivery, held (next_attempt_at NULL) until it
+# is enabled. The filter rule is `event_types.matches`, in SQL.
+PUBLISH = """
+WITH event AS (
+    INSERT INTO {s}.events (id, project_id, type, payload, idempotency_key, created_at)
+    VALUES (:id, :project_id, :type, :payload, :idempotency_key, :created_at)
+    ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+), fan_out AS (
+    INSERT INTO {s}.deliveries
+        (id, event_id, endpoint_id, state, next_attempt_at, created_at, updated_at)
+    SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, e.id, 'pending',
+           CASE WHEN e.enabled THEN :now END, :now, :now
+    FROM event, {s}.endpoints e
+    WHERE e.project_id = :project_id
+      AND (cardinality(e.event_types) = 0
+           OR :type = ANY (e.event_types)
+           OR EXISTS (SELECT 1 FROM unnest(e.event_types) f
+                      WHERE right(f, 2) = '.*' AND starts_with(:type, left(f, -1))))
+    RETURNING next_attempt_at
+)
+SELECT (SELECT id FROM event) AS id,
+       (SELECT count(*) FROM fan_out WHERE next_attempt_at IS NOT NULL) AS due
+"""
+
+EXISTING_EVENT = """
+SELECT id FROM {s}.events WHERE project_id = :project_id AND idempotency_key = :idempotency_key
+"""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """The id of the published event, and whether an earlier publish already recorded it."""
+
+    id: str
+    duplicate: bool
+
+
+def channel(settings: Settings) -> str:
+    """The LISTEN/NOTIFY channel dispatchers of this schema wait on."""
+    return f"{settings.db_schema}_due"
+
+
+def notify_dispatchers(conn: Connection | Session, settings: Settings) -> None:
+    """Wake the dispatchers when the transaction commits (a no-op if it rolls back)."""
+    if settings.notify:
+        conn.execute(sql("SELECT pg_notify(:channel, '')", settings.db_schema),
+                     {"channel": channel(settings)})
+
+
+def validate_project_id(project_id: str) -> str:
+    """Return ``project_id`` if it is a plausible project id."""
+    if (
+        not isinstance(project_id, str)
+        or not project_id.strip()
+        or len(project_id) > MAX_PROJECT_ID_LENGTH
+        or any(c.isspace() for c in project_id)
+    ):
+        raise InvalidArgument(
+            "project id must be a non-empty string without spaces, such as proj_8f3a2b"
+        )
+    return project_id
+
+
+def build_envelope(
+    *, event_id: str, event_type: str, project_id: str, data: Any, created_at: str
+) -> str:
+    """Return the compact JSON envelope, refusing data that is not a JSON object or too big."""
+    if not isinstance(data, dict):
+        raise InvalidPayload(
+            f"event data must be a JSON object, not {type(data).__name__}; wrap it, "
+            'e.g. {"value": ...}'
+        )
+    envelope = {
+        "id": event_id,
+        "type": event_type,
+        "created_at": created_at,
+        "project_id": project_id,
+        "data": data,
+    }
+    try:
+        text = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"event data is not JSON-serialisable: {exc}") from exc
+    size = len(text.encode("utf-8"))
+    if size > MAX_ENVELOPE_BYTES:
+        raise PayloadTooLarge(
+            f"the event envelope is {size} bytes, over the {MAX_ENVELOPE_BYTES}-byte limit; "
+            "send a reference (an id or URL) instead of the whole object"
+        )
+    return text
+
+
+def publish_event(
+    session: Session | Connection,
+    settings: Settings,
+    *,
+    project_id: str,
+    type: str,  # noqa: A002 - the public keyword is `type`, as in SPEC
+    data: Any,
+    idempotency_key: str | None = None,
+) -> PublishResult:
+    """Record an event in the caller's transaction and say whether it was a duplicate."""
+    validate_project_id(project_id)
+    validate_event_type(type)
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str)
+        or not idempotency_key
+        or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH
+    ):
+        raise InvalidArgument(
+            f"idempotency key must be a non-empty string of at most "
+            f"{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    now = clock.now()
+    event_id = new_id("evt")
+    payload = build_envelope(
+        event_id=event_id,
+        event_type=type,
+        project_id=project_id,
+        data=data,
+        created_at=rfc3339(now.replace(microsecond=0)) or "",
+    )
+    params = {
+        "id": event_id,
+        "project_id": project_id,
+        "type": type,
+        "payload": payload,
+        "idempotency_key": idempotency_key,
+        "created_at": now.replace(microsecond=0),
+        "now": now,
+    }
+    row = session.execute(sql(PUBLISH, settings.db_schema), params).one()
+    if row.id is None:
+        existing = session.execute(sql(EXISTING_EVENT, settings.db_schema), params).scalar_one()
+        return PublishResult(id=existing, duplicate=True)
+    if row.due:
+        notify_dispatchers(session, settings)
+    return PublishResult(id=row.id, duplicate=False)
+
+
+def publish(
+    session: Session | Connection,
+    *,
+    project_id: str,
+    type: str,  # noqa: A002 - the public keyword is `type`, as in SPEC
+    data: Any,
+    idempotency_key: str | None = None,
+    settings: Settings | None = None,
+) -> str:
+    """Publish an event inside the caller's transaction and return its id (``evt_…``).
+
+    Rolled back, the event is never delivered; committed, it is delivered to every enabled
+    endpoint of the project whose filter matches, at least once. Publishing again with an
+    idempotency key already used in the project returns the first event's id and delivers
+    nothing more.
+
+    Args:
+        session: the API's SQLAlchemy `Session` or `Connection`, inside its transaction.
+        project_id: the project the event belongs to (``proj_…``).
+        type: the event type, e.g. ``deployment.succeeded``.
+        data: a JSON object; the envelope must stay under 262,144 bytes.
+        idempotency_key: optional; unique per project.
+        settings: defaults to `Settings.from_env()` (only the schema name is used).
+
+    Raises:
+        PayloadTooLarge: the envelope is over 262,144 bytes (a `ValueError`).
+        InvalidPayload: ``data`` is not a JSON object.
+        InvalidEventType: ``type`` is malformed.
+    """
+    result = publish_event(
+        session,
+        settings or Settings.from_env(),
+        project_id=project_id,
+        type=type,
+        data=data,
+        idempotency_key=idempotency_key,
+    )
+    return result.id

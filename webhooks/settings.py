@@ -1,0 +1,169 @@
+"""Settings, read once from the environment (12-factor) into one frozen value.
+
+Entry points (the CLI, the Celery app, the dispatcher) call `Settings.from_env()` once and pass
+the result down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from webhooks.errors import ConfigurationError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_SCHEDULE = "1m,5m,30m,2h,6h,12h"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_duration(text: str, *, name: str = "duration") -> timedelta:
+    """Parse ``"10s"``, ``"5m"``, ``"2h"``, ``"1.5s"`` or a bare number of seconds.
+
+    Args:
+        text: the value to parse.
+        name: the setting's name, used in the error message.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigurationError(
+            f"{name}={text!r} is not a duration; write a number with s, m or h, e.g. 10s or 5m"
+        )
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def parse_schedule(text: str, *, name: str = "WEBHOOKS_RETRY_SCHEDULE") -> tuple[timedelta, ...]:
+    """Parse a comma-separated list of durations such as ``"1m,5m,30m"``."""
+    parts = [p for p in (s.strip() for s in text.split(",")) if p]
+    if not parts:
+        raise ConfigurationError(f"{name} is empty; give at least one delay, e.g. 1m,5m,30m")
+    delays = tuple(parse_duration(p, name=name) for p in parts)
+    if any(d <= timedelta(0) for d in delays):
+        raise ConfigurationError(f"{name}={text!r} has a delay that is not positive")
+    return delays
+
+
+def parse_networks(text: str, *, name: str = "WEBHOOKS_ALLOWED_NETWORKS") -> tuple[IPNetwork, ...]:
+    """Parse comma-separated CIDRs (``"127.0.0.0/8,::1/128"``)."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{name} has {part!r}, which is not a CIDR network such as 127.0.0.0/8"
+            ) from exc
+    return tuple(networks)
+
+
+def parse_bool(text: str, *, name: str) -> bool:
+    """Parse true/false, yes/no, 1/0, on/off."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={text!r} is not a boolean; use true or false")
+
+
+def validate_schema_name(text: str) -> str:
+    """Return ``text`` if it is a safe, unquoted Postgres schema name."""
+    if not _SCHEMA_NAME.match(text):
+        raise ConfigurationError(
+            f"WEBHOOKS_DB_SCHEMA={text!r} is not a valid schema name; "
+            "use lowercase letters, digits and underscores"
+        )
+    return text
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept a plain ``postgresql://`` URL and point SQLAlchemy at psycopg 3."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. Durations are `timedelta`; see SPEC "Settings"."""
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    db_schema: str = "webhooks"
+    timeout: timedelta = timedelta(seconds=10)
+    retry_schedule: tuple[timedelta, ...] = field(
+        default_factory=lambda: parse_schedule(DEFAULT_SCHEDULE)
+    )
+    retry_window: timedelta = timedelta(hours=72)
+    retry_jitter: float = 0.1
+    lease: timedelta = timedelta(seconds=60)
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    allow_http: bool = False
+    flower_basic_auth: str | None = None
+    queue: str = "webhooks"
+    dispatch_batch_size: int = 200
+    dispatch_poll_interval: timedelta = timedelta(seconds=1)
+    notify: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (``os.environ`` by default)."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str) -> str:
+            return env.get(name) or default
+
+        timeout = parse_duration(get("WEBHOOKS_TIMEOUT", "10s"), name="WEBHOOKS_TIMEOUT")
+        lease = parse_duration(get("WEBHOOKS_LEASE", "60s"), name="WEBHOOKS_LEASE")
+        if lease <= timeout:
+            raise ConfigurationError(
+                f"WEBHOOKS_LEASE ({lease.total_seconds():g}s) must be longer than "
+                f"WEBHOOKS_TIMEOUT ({timeout.total_seconds():g}s), or a slow attempt would be "
+                "claimed twice"
+            )
+        jitter_text = get("WEBHOOKS_RETRY_JITTER", "0.1")
+        try:
+            jitter = float(jitter_text)
+        except ValueError:
+            jitter = -1.0
+        if not 0.0 <= jitter <= 1.0:
+            raise ConfigurationError(
+                f"WEBHOOKS_RETRY_JITTER={jitter_text!r} must be a fraction between 0 and 1"
+            )
+        batch_text = get("WEBHOOKS_DISPATCH_BATCH", "200")
+        if not batch_text.isdigit() or int(batch_text) < 1:
+            raise ConfigurationError(
+                f"WEBHOOKS_DISPATCH_BATCH={batch_text!r} must be a positive whole number"
+            )
+        return cls(
+            database_url=normalize_database_url(get("DATABASE_URL", cls.database_url)),
+            broker_url=get("CELERY_BROKER_URL", cls.broker_url),
+            db_schema=validate_schema_name(get("WEBHOOKS_DB_SCHEMA", "webhooks")),
+            timeout=timeout,
+            retry_schedule=parse_schedule(get("WEBHOOKS_RETRY_SCHEDULE", DEFAULT_SCHEDULE)),
+            retry_window=parse_duration(
+                get("WEBHOOKS_RETRY_WINDOW", "72h"), name="WEBHOOKS_RETRY_WINDOW"
+            ),
+            retry_jitter=jitter,
+            lease=lease,
+            allowed_networks=parse_networks(env.get("WEBHOOKS_ALLOWED_NETWORKS", "")),
+            allow_http=parse_bool(env.get("WEBHOOKS_ALLOW_HTTP", ""), name="WEBHOOKS_ALLOW_HTTP"),
+            flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or None,
+            queue=get("WEBHOOKS_QUEUE", "webhooks"),
+            dispatch_batch_size=int(batch_text),
+            dispatch_poll_interval=parse_duration(
+                get("WEBHOOKS_DISPATCH_POLL", "1s"), name="WEBHOOKS_DISPATCH_POLL"
+            ),
+            notify=parse_bool(env.get("WEBHOOKS_NOTIFY", "true"), name="WEBHOOKS_NOTIFY"),
+        )

@@ -1,0 +1,183 @@
+"""The dispatcher: moves due deliveries from Postgres to the broker.
+
+Each tick reaps expired leases, claims a batch of due rows, commits the claims, and only then
+sends one ``webhooks.deliver`` message per claim (a message for an uncommitted claim could
+reach a worker before the claim is visible). Between ticks it waits on LISTEN/NOTIFY (publish
+and enable notify at commit) or until the next scheduled retry falls due, whichever is first,
+and polls at least every `WEBHOOKS_DISPATCH_POLL` in case a notification was missed. Any
+number of dispatchers may run: ``SKIP LOCKED`` hands each row to one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.engine import Engine
+
+from webhooks import clock
+from webhooks.claims import Claim, claim_due, next_due_at, reap_expired_leases, release_claims
+from webhooks.database import create_engine
+from webhooks.outbox import channel
+from webhooks.settings import Settings
+
+log = logging.getLogger("webhooks.dispatcher")
+
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class TickResult:
+    """What one tick did."""
+
+    reaped: int
+    claimed: int
+    sent: int
+
+
+def task_id(claim: Claim) -> str:
+    """A readable Celery task id: findable in Flower by delivery id and attempt."""
+    return f"{claim.delivery_id}-a{claim.attempt}-{claim.claim_token[:8]}"
+
+
+def send_claim(app: Celery, settings: Settings, claim: Claim, producer: Any) -> None:
+    """Publish the ``webhooks.deliver`` message of one claim."""
+    app.send_task(
+        "webhooks.deliver",
+        kwargs={
+            "delivery_id": claim.delivery_id,
+            "event_id": claim.event_id,
+            "endpoint_id": claim.endpoint_id,
+            "attempt": claim.attempt,
+            "claim_token": claim.claim_token,
+            "trigger": claim.trigger,
+        },
+        queue=settings.queue,
+        task_id=task_id(claim),
+        producer=producer,
+    )
+
+
+class Dispatcher:
+    """The outbox relay. `run()` loops until `stop()`; `tick()` does one round."""
+
+    def __init__(self, settings: Settings, app: Celery, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.engine = engine or create_engine(settings, pool_size=2)
+        self._stopping = threading.Event()
+        self._listener: psycopg.Connection[Any] | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current tick and return."""
+        self._stopping.set()
+
+    def tick(self) -> TickResult:
+        """Reap expired leases, claim a batch, send its messages."""
+        now = clock.now()
+        with self.engine.begin() as conn:
+            reaped = reap_expired_leases(conn, self.settings, now)
+            claims = claim_due(conn, self.settings, now, self.settings.dispatch_batch_size)
+        if reaped:
+            log.warning("dispatcher.leases_expired", extra={"count": reaped})
+        sent = self._send(claims)
+        return TickResult(reaped=reaped, claimed=len(claims), sent=sent)
+
+    def _send(self, claims: list[Claim]) -> int:
+        sent = 0
+        if not claims:
+            return 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for claim in claims:
+                    send_claim(self.app, self.settings, claim, producer)
+                    sent += 1
+        except Exception:
+            log.exception("dispatcher.broker_error", extra={"unsent": len(claims) - sent})
+            with self.engine.begin() as conn:
+                release_claims(conn, self.settings, claims[sent:], clock.now())
+        return sent
+
+    def run(self) -> None:
+        """Loop until stopped, surviving database and broker outages."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                result = self.tick()
+                failures = 0
+                if result.claimed >= self.settings.dispatch_batch_size:
+                    continue  # more is due right now
+                self._wait(self._seconds_until_next_due())
+            except (sa.exc.DBAPIError, psycopg.Error) as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                log.warning(
+                    "dispatcher.database_error", extra={"error": str(exc).splitlines()[0]}
+                )
+                self._close_listener()
+                self._stopping.wait(delay)
+        self._close_listener()
+        self.engine.dispose()
+
+    def _seconds_until_next_due(self) -> float:
+        poll = self.settings.dispatch_poll_interval.total_seconds()
+        with self.engine.connect() as conn:
+            due = next_due_at(conn, self.settings)
+        if due is None:
+            return poll
+        return max(0.0, min(poll, (due - clock.now()).total_seconds()))
+
+    def _wait(self, seconds: float) -> None:
+        if not self.settings.notify:
+            self._stopping.wait(seconds)
+            return
+        listener = self._listen()
+        deadline = time.monotonic() + seconds
+        # Several notifications may be queued (one per publishing commit): one tick serves
+        # them all, so drain what is there after the first.
+        for _ in listener.notifies(timeout=max(seconds, 0.0), stop_after=1):
+            pass
+        if time.monotonic() < deadline:
+            for _ in listener.notifies(timeout=0.0):
+                pass
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            url = sa.make_url(self.settings.database_url).set(drivername="postgresql")
+            conninfo = url.render_as_string(hide_password=False)
+            self._listener = psycopg.connect(conninfo, autocommit=True)
+            self._listener.execute(f'LISTEN "{channel(self.settings)}"')
+        return self._listener
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except psycopg.Error:
+                pass
+            self._listener = None
+
+
+def run_dispatcher(settings: Settings) -> None:
+    """Run a dispatcher in the foreground until SIGINT or SIGTERM."""
+    from workers.app import app
+
+    dispatcher = Dispatcher(settings, app)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("dispatcher.stopping", extra={"signal": signum})
+        dispatcher.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("dispatcher.started", extra={"schema": settings.db_schema, "queue": settings.queue})
+    dispatcher.run()
+    log.info("dispatcher.stopped")

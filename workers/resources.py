@@ -1,0 +1,71 @@
+"""Per-process resources of a worker: settings, one engine, one HTTP sender.
+
+Created on first use in the process that uses them, never inherited across a fork (a shared
+TLS connection or pooled socket in two processes corrupts both), and shared by the threads of
+the pool (the engine pool and the httpx client are thread-safe).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from webhooks.database import create_engine
+from webhooks.delivery import HttpSender
+from webhooks.settings import Settings
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """What every attempt in this process shares."""
+
+    settings: Settings
+    engine: Engine
+    sender: HttpSender
+
+    def close(self) -> None:
+        """Close the HTTP connections and the database pool."""
+        self.sender.close()
+        self.engine.dispose()
+
+
+_lock = threading.Lock()
+_resources: WorkerResources | None = None
+
+
+def get_resources() -> WorkerResources:
+    """Return this process's resources, creating them on first use."""
+    global _resources
+    with _lock:
+        if _resources is None:
+            settings = Settings.from_env()
+            _resources = WorkerResources(
+                settings=settings,
+                engine=create_engine(settings, pool_size=20),
+                sender=HttpSender(
+                    timeout=settings.timeout, allowed_networks=settings.allowed_networks
+                ),
+            )
+        return _resources
+
+
+def close_resources() -> None:
+    """Release this process's resources (worker shutdown)."""
+    global _resources
+    with _lock:
+        if _resources is not None:
+            _resources.close()
+            _resources = None
+
+
+def _forget_after_fork() -> None:
+    # The child must not touch the parent's sockets: drop the references, build anew.
+    global _resources, _lock
+    _resources = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,49 @@
+"""The one task: ``webhooks.deliver``, one attempt of one delivery.
+
+Its arguments are ids only (delivery, event, endpoint, attempt number, claim token), so Flower
+shows which delivery it is and never a payload or a secret. Its result is the outcome:
+status or error kind, and duration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.signals import worker_shutdown
+
+from webhooks.attempts import run_attempt
+from webhooks.claims import Claim
+from workers.app import app
+from workers.resources import close_resources, get_resources
+
+
+@app.task(name="webhooks.deliver", acks_late=True)
+def deliver(
+    *,
+    delivery_id: str,
+    event_id: str,
+    endpoint_id: str,
+    attempt: int,
+    claim_token: str,
+    trigger: str = "scheduled",
+) -> dict[str, Any]:
+    """Make one attempt of a claimed delivery and record it.
+
+    Never retried by Celery: Postgres holds the schedule (SPEC, "Moving parts").
+    """
+    resources = get_resources()
+    claim = Claim(
+        delivery_id=delivery_id,
+        event_id=event_id,
+        endpoint_id=endpoint_id,
+        attempt=attempt,
+        claim_token=claim_token,
+        trigger=trigger,
+    )
+    report = run_attempt(resources.engine, resources.sender, resources.settings, claim)
+    return report.to_json()
+
+
+@worker_shutdown.connect
+def _close_on_shutdown(**_: Any) -> None:
+    close_resources()
