@@ -120,6 +120,7 @@ def stack(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield stack
     finally:
         stack.stop()
+        print(stack.logs())  # shown by pytest when a test of the module failed
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """A real HTTP receiver on 127.0.0.1 for the tests, scripted per path.
 
 ``receiver.script("/a", [500, 500, 200])`` answers the first requests to ``/a`` with those
-statuses (the last one repeats). Special paths: ``/hang`` never answers, ``/trickle`` sends a
+statuses (the last one repeats); ``HANG`` in a script means "never answer" for that request. Special paths: ``/hang`` never answers, ``/trickle`` sends a
 200 header then one byte every half second, ``/redirect`` answers 302 to ``/redirected``.
 Every request is recorded with its headers, body and arrival time.
 """
@@ -21,6 +21,9 @@ class ReceivedRequest:
     headers: dict[str, str]
     body: bytes
     arrived_at: float
+
+
+HANG = -1
 
 
 class Receiver:
@@ -90,7 +93,11 @@ class Receiver:
                 if base in special:
                     special[base]()
                 else:
-                    self._answer(receiver._next_status(self.path))
+                    status = receiver._next_status(self.path)
+                    if status == HANG:
+                        self._hang()
+                    else:
+                        self._answer(status)
 
             def _answer(self, status: int, extra: dict[str, str] | None = None) -> None:
                 body = b'{"ok": true}' if status < 300 else b"nope"

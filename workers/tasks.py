@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import worker_shutdown
+import logging
+
+from celery.signals import after_setup_logger, worker_shutdown
 
 from webhooks.attempts import run_attempt
 from webhooks.claims import Claim
+from webhooks.logs import KeyValueFormatter
 from workers.app import app
 from workers.resources import close_resources, get_resources
 
@@ -47,3 +50,11 @@ def deliver(
 @worker_shutdown.connect
 def _close_on_shutdown(**_: Any) -> None:
     close_resources()
+
+
+@after_setup_logger.connect
+def _log_ids(logger: logging.Logger, **_: Any) -> None:
+    # Celery's formatter drops `extra`; ours appends the ids (delivery_id=… attempt=…).
+    for handler in logger.handlers:
+        fmt = handler.formatter._fmt if handler.formatter else None
+        handler.setFormatter(KeyValueFormatter(fmt))
