@@ -35,8 +35,13 @@ def one_run(settings: Settings, writers: int) -> list[float]:
         for i in range(CALLS_PER_WRITER):
             start = time.perf_counter()
             with engine.begin() as conn:
-                publish(conn, project_id="proj_bench", type="deployment.succeeded",
-                        data={"i": i, "deployment_id": "dep_x"}, settings=settings)
+                publish(
+                    conn,
+                    project_id="proj_bench",
+                    type="deployment.succeeded",
+                    data={"i": i, "deployment_id": "dep_x"},
+                    settings=settings,
+                )
             mine.append((time.perf_counter() - start) * 1000)
         with lock:
             timings.extend(mine)
@@ -51,15 +56,22 @@ def one_run(settings: Settings, writers: int) -> list[float]:
 
 
 def main() -> None:
-    base = Settings.from_env({**os.environ, "WEBHOOKS_DB_SCHEMA": f"bench_{secrets.token_hex(3)}",
-                              "WEBHOOKS_ALLOW_HTTP": "true"})
+    base = Settings.from_env(
+        {
+            **os.environ,
+            "WEBHOOKS_DB_SCHEMA": f"bench_{secrets.token_hex(3)}",
+            "WEBHOOKS_ALLOW_HTTP": "true",
+        }
+    )
     migrate(base)
     engine = create_engine(base)
     with engine.begin() as conn:
         for n in range(2):
             add_endpoint(conn, base, url=f"https://example.com/{n}", project_id="proj_bench")
-    print(f"publish cost, {CALLS_PER_WRITER} calls per writer, {RUNS} runs (min/median/max of "
-          "per-run medians, and p95)")
+    print(
+        f"publish cost, {CALLS_PER_WRITER} calls per writer, {RUNS} runs (min/median/max of "
+        "per-run medians, and p95)"
+    )
     try:
         for notify in (False, True):
             settings = dataclasses.replace(base, notify=notify)
@@ -70,9 +82,11 @@ def main() -> None:
                     medians.append(statistics.median(t))
                     p95s.append(t[int(len(t) * 0.95)])
                 label = "NOTIFY" if notify else "poll  "
-                print(f"  {label} writers={writers}: p50 {min(medians):.2f}/"
-                      f"{statistics.median(medians):.2f}/{max(medians):.2f} ms, "
-                      f"p95 {statistics.median(p95s):.2f} ms")
+                print(
+                    f"  {label} writers={writers}: p50 {min(medians):.2f}/"
+                    f"{statistics.median(medians):.2f}/{max(medians):.2f} ms, "
+                    f"p95 {statistics.median(p95s):.2f} ms"
+                )
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{base.db_schema}" CASCADE'))

@@ -140,4 +140,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("faults"):
             item.add_marker(pytest.mark.slow)
-

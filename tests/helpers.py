@@ -69,4 +69,8 @@ def wait_for_state(
 
 def count_rows(engine: Engine, settings: Settings, table: str) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(sql(f"SELECT count(*) FROM {{s}}.{table}", settings.db_schema)).scalar_one())
+        return int(
+            conn.execute(
+                sql(f"SELECT count(*) FROM {{s}}.{table}", settings.db_schema)
+            ).scalar_one()
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,10 +27,8 @@ class Process:
 
     def signal(self, signum: int) -> None:
         """Signal the whole process group (a worker and its pool, say)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is None:
@@ -72,9 +71,21 @@ class Stack:
         process = self._spawn(
             name,
             [
-                str(BIN / "celery"), "-A", "workers", "worker", "-P", "threads",
-                "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle", "-E",
+                str(BIN / "celery"),
+                "-A",
+                "workers",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}-{os.getpid()}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "-E",
             ],
         )
         wait_for(

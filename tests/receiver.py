@@ -1,7 +1,8 @@
 """A real HTTP receiver on 127.0.0.1 for the tests, scripted per path.
 
 ``receiver.script("/a", [500, 500, 200])`` answers the first requests to ``/a`` with those
-statuses (the last one repeats); ``HANG`` in a script means "never answer" for that request. Special paths: ``/hang`` never answers, ``/trickle`` sends a
+statuses (the last one repeats); ``HANG`` in a script means "never answer" for that
+request. Special paths: ``/hang`` never answers, ``/trickle`` sends a
 200 header then one byte every half second, ``/redirect`` answers 302 to ``/redirected``.
 Every request is recorded with its headers, body and arrival time.
 """
@@ -74,10 +75,10 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 with receiver._lock:

@@ -169,8 +169,8 @@ def claim_due(conn: Connection, settings: Settings, now: datetime, limit: int) -
         _claim(row, "replay")
         for row in conn.execute(sql(CLAIM_REPLAYS, settings.db_schema), params)
     ]
-    params["limit"] = limit - len(claims)
-    if params["limit"] > 0:
+    if len(claims) < limit:
+        params["limit"] = limit - len(claims)
         claims += [
             _claim(row, "scheduled")
             for row in conn.execute(sql(CLAIM_DELIVERIES, settings.db_schema), params)
@@ -184,9 +184,7 @@ def release_claims(
     """Give back claims whose message could not be sent, so they need not wait for the lease."""
     for claim in claims:
         statement = RELEASE_REPLAY if claim.trigger == "replay" else RELEASE_DELIVERY
-        conn.execute(
-            sql(statement, settings.db_schema), {"token": claim.claim_token, "now": now}
-        )
+        conn.execute(sql(statement, settings.db_schema), {"token": claim.claim_token, "now": now})
 
 
 def next_due_at(conn: Connection, settings: Settings) -> datetime | None:

@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -171,8 +171,13 @@ def endpoint_list(ctx: Context, project_id: str | None, as_json: bool) -> None:
     emit_table(
         ["id", "project", "state", "events", "url"],
         [
-            (e.id, e.project_id, "enabled" if e.enabled else "disabled",
-             ",".join(e.event_types) or "(all)", e.url)
+            (
+                e.id,
+                e.project_id,
+                "enabled" if e.enabled else "disabled",
+                ",".join(e.event_types) or "(all)",
+                e.url,
+            )
             for e in endpoints
         ],
     )
@@ -270,8 +275,10 @@ def publish_command(
     if as_json:
         emit_json({"id": result.id, "duplicate": result.duplicate})
     else:
-        click.echo(result.id + ("  (already published with this idempotency key)"
-                                if result.duplicate else ""))
+        click.echo(
+            result.id
+            + ("  (already published with this idempotency key)" if result.duplicate else "")
+        )
 
 
 @cli.group("event")
@@ -387,9 +394,10 @@ def replay_command(
     if dry_run or total == 0:
         report_replay(total, as_json, dry_run=dry_run)
         return
-    with translate_errors(ctx.settings), click.progressbar(
-        length=total, label="queueing replays", file=sys.stderr
-    ) as bar:
+    with (
+        translate_errors(ctx.settings),
+        click.progressbar(length=total, label="queueing replays", file=sys.stderr) as bar,
+    ):
         queued = replay_bulk(ctx.engine, ctx.settings, selection, on_progress=bar.update)
     report_replay(queued, as_json, dry_run=False)
 

@@ -96,7 +96,7 @@ def translate_errors(settings: Settings) -> Iterator[None]:
 
 def is_connection_error(exc: BaseException) -> bool:
     """True for errors that mean the database went away (restart, network), not bad SQL."""
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated) or isinstance(
+    return (isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)) or isinstance(
         exc, OperationalError
     )
 

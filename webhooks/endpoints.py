@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from webhooks import clock
 from webhooks.addresses import blocked_reason, literal_ip
 from webhooks.database import sql
-from webhooks.errors import EndpointNotFound, InvalidArgument, InvalidEndpointURL
+from webhooks.errors import EndpointNotFound, InvalidEndpointURL
 from webhooks.event_types import validate_filters
 from webhooks.ids import new_id
 from webhooks.models import Endpoint
@@ -49,8 +49,14 @@ def validate_url(url: str, settings: Settings) -> str:
         raise InvalidEndpointURL(f"endpoint URL {url!r} is malformed: {exc}") from exc
     allowed = ("https", "http") if settings.allow_http else ("https",)
     if parts.scheme.lower() not in allowed:
-        hint = "" if settings.allow_http else " (set WEBHOOKS_ALLOW_HTTP=true to allow http in development)"
-        raise InvalidEndpointURL(f"endpoint URL must use https, not {parts.scheme or 'nothing'!r}{hint}")
+        hint = (
+            ""
+            if settings.allow_http
+            else " (set WEBHOOKS_ALLOW_HTTP=true to allow http in development)"
+        )
+        raise InvalidEndpointURL(
+            f"endpoint URL must use https, not {parts.scheme or 'nothing'!r}{hint}"
+        )
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise InvalidEndpointURL("endpoint URL must not carry credentials (user:password@)")
     if parts.fragment or url.endswith("#"):

@@ -16,7 +16,8 @@ ATTEMPTS = """
 SELECT a.number, a.trigger, a.delivery_id, a.endpoint_id, a.started_at, a.duration_ms,
        a.request_url, a.response_status, a.error_kind, a.error_message, a.response_body
 FROM {s}.attempts a
-WHERE a.event_id = :event_id AND (CAST(:endpoint_id AS text) IS NULL OR a.endpoint_id = :endpoint_id)
+WHERE a.event_id = :event_id
+  AND (CAST(:endpoint_id AS text) IS NULL OR a.endpoint_id = :endpoint_id)
 ORDER BY a.endpoint_id, a.number, a.id
 """
 DELIVERIES = """

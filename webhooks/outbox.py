@@ -70,8 +70,10 @@ def channel(settings: Settings) -> str:
 def notify_dispatchers(conn: Connection | Session, settings: Settings) -> None:
     """Wake the dispatchers when the transaction commits (a no-op if it rolls back)."""
     if settings.notify:
-        conn.execute(sql("SELECT pg_notify(:channel, '')", settings.db_schema),
-                     {"channel": channel(settings)})
+        conn.execute(
+            sql("SELECT pg_notify(:channel, '')", settings.db_schema),
+            {"channel": channel(settings)},
+        )
 
 
 def validate_project_id(project_id: str) -> str:
@@ -122,7 +124,7 @@ def publish_event(
     settings: Settings,
     *,
     project_id: str,
-    type: str,  # noqa: A002 - the public keyword is `type`, as in SPEC
+    type: str,
     data: Any,
     idempotency_key: str | None = None,
 ) -> PublishResult:
@@ -169,7 +171,7 @@ def publish(
     session: Session | Connection,
     *,
     project_id: str,
-    type: str,  # noqa: A002 - the public keyword is `type`, as in SPEC
+    type: str,
     data: Any,
     idempotency_key: str | None = None,
     settings: Settings | None = None,

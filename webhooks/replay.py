@@ -27,7 +27,8 @@ BULK_BATCH_SIZE = 500
 REPLAY_EVENT = """
 INSERT INTO {s}.replays (delivery_id, requested_at)
 SELECT d.id, :now FROM {s}.deliveries d
-WHERE d.event_id = :event_id AND (CAST(:endpoint_id AS text) IS NULL OR d.endpoint_id = :endpoint_id)
+WHERE d.event_id = :event_id
+  AND (CAST(:endpoint_id AS text) IS NULL OR d.endpoint_id = :endpoint_id)
 """
 
 # Keyset pagination over (created_at, id): each batch is its own short transaction, so a bulk
@@ -92,9 +93,7 @@ def count_bulk(conn: Connection, settings: Settings, selection: BulkReplay) -> i
     """How many deliveries a bulk replay would queue."""
     _check(selection)
     get_endpoint(conn, settings, selection.endpoint_id)
-    return int(
-        conn.execute(sql(BULK_COUNT, settings.db_schema), _params(selection)).scalar_one()
-    )
+    return int(conn.execute(sql(BULK_COUNT, settings.db_schema), _params(selection)).scalar_one())
 
 
 def replay_bulk(
@@ -108,9 +107,7 @@ def replay_bulk(
     total = 0
     for ids in _pages(engine, settings, selection):
         with engine.begin() as conn:
-            conn.execute(
-                sql(QUEUE_REPLAYS, settings.db_schema), {"ids": ids, "now": clock.now()}
-            )
+            conn.execute(sql(QUEUE_REPLAYS, settings.db_schema), {"ids": ids, "now": clock.now()})
             notify_dispatchers(conn, settings)
         total += len(ids)
         on_progress(len(ids))

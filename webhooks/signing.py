@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from webhooks.errors import InvalidArgument
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 SECRET_BYTES = 32
 
 

@@ -10,6 +10,7 @@ number of dispatchers may run: ``SKIP LOCKED`` hands each row to one of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -119,9 +120,7 @@ class Dispatcher:
             except (sa.exc.DBAPIError, psycopg.Error) as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
-                log.warning(
-                    "dispatcher.database_error", extra={"error": str(exc).splitlines()[0]}
-                )
+                log.warning("dispatcher.database_error", extra={"error": str(exc).splitlines()[0]})
                 self._close_listener()
                 self._stopping.wait(delay)
         self._close_listener()
@@ -159,10 +158,8 @@ class Dispatcher:
 
     def _close_listener(self) -> None:
         if self._listener is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._listener.close()
-            except psycopg.Error:
-                pass
             self._listener = None
 
 

@@ -7,9 +7,8 @@ status or error kind, and duration.
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 from celery.signals import after_setup_logger, worker_shutdown
 

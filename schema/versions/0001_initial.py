@@ -77,9 +77,7 @@ def upgrade() -> None:
         f'CREATE INDEX deliveries_lease ON "{s}".deliveries (lease_expires_at) '
         "WHERE state = 'delivering'"
     )
-    op.execute(
-        f'CREATE INDEX deliveries_endpoint ON "{s}".deliveries (endpoint_id, created_at)'
-    )
+    op.execute(f'CREATE INDEX deliveries_endpoint ON "{s}".deliveries (endpoint_id, created_at)')
     # The hot table is updated several times per delivery: vacuum it early and often so dead
     # rows do not pile up in the partial indexes the dispatcher scans.
     op.execute(
@@ -98,7 +96,7 @@ def upgrade() -> None:
         requested_at     timestamptz NOT NULL
     )""")
     op.execute(
-        f'CREATE INDEX replays_due ON "{s}".replays (requested_at) WHERE state = \'pending\''
+        f"CREATE INDEX replays_due ON \"{s}\".replays (requested_at) WHERE state = 'pending'"
     )
     op.execute(
         f'CREATE INDEX replays_lease ON "{s}".replays (lease_expires_at) '

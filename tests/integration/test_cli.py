@@ -19,7 +19,9 @@ from webhooks.settings import Settings
 STACK_ENV = {"WEBHOOKS_RETRY_SCHEDULE": "1s", "WEBHOOKS_RETRY_WINDOW": "1s"}
 
 
-def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "webhooks"), *args],
         env={**os.environ, **env},
@@ -37,7 +39,9 @@ def ok(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
     return json.loads(result.stdout) if "--json" in args else result.stdout
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, fragment: str
+) -> None:
     assert result.returncode == code, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -53,8 +57,17 @@ def test_migrate_is_safe_to_run_twice(env: dict[str, str]) -> None:
 def test_endpoint_lifecycle_shapes_and_secret_shown_only_on_create_and_rotate(
     env: dict[str, str], project: str
 ) -> None:
-    added = ok(env, "endpoint", "add", "https://example.com/hooks", "--project", project,
-               "--events", "deployment.*,project.created", "--json")
+    added = ok(
+        env,
+        "endpoint",
+        "add",
+        "https://example.com/hooks",
+        "--project",
+        project,
+        "--events",
+        "deployment.*,project.created",
+        "--json",
+    )
     assert added["id"].startswith("ep_") and added["secret"].startswith("whsec_")
     assert added["url"] == "https://example.com/hooks" and added["project_id"] == project
     assert added["event_types"] == ["deployment.*", "project.created"]
@@ -64,8 +77,12 @@ def test_endpoint_lifecycle_shapes_and_secret_shown_only_on_create_and_rotate(
     assert "secret" not in shown and shown["disabled_reason"] is None
     listed = ok(env, "endpoint", "list", "--project", project, "--json")
     assert [e["id"] for e in listed] == [added["id"]]
-    for output in (ok(env, "endpoint", "show", added["id"]), ok(env, "endpoint", "list"),
-                   json.dumps(shown), json.dumps(listed)):
+    for output in (
+        ok(env, "endpoint", "show", added["id"]),
+        ok(env, "endpoint", "list"),
+        json.dumps(shown),
+        json.dumps(listed),
+    ):
         assert added["secret"] not in output and "whsec_" not in output
 
     disabled = ok(env, "endpoint", "disable", added["id"], "--reason", "on fire", "--json")
@@ -81,8 +98,10 @@ def test_endpoint_lifecycle_shapes_and_secret_shown_only_on_create_and_rotate(
     [
         (["endpoint", "add", "ftp://example.com", "--project", "p"], "must use https"),
         (["endpoint", "add", "https://u:p@example.com", "--project", "p"], "credentials"),
-        (["endpoint", "add", "https://example.com", "--project", "p", "--events", "a b"],
-         "malformed"),
+        (
+            ["endpoint", "add", "https://example.com", "--project", "p", "--events", "a b"],
+            "malformed",
+        ),
         (["endpoint", "show", "ep_missing"], "endpoint ep_missing does not exist"),
         (["event", "show", "evt_missing"], "event evt_missing does not exist"),
         (["attempts", "evt_missing"], "event evt_missing does not exist"),
@@ -110,8 +129,13 @@ def test_oversized_payload_is_refused_in_one_line(env: dict[str, str], tmp_path:
 
 @pytest.mark.parametrize(
     "args",
-    [["endpoint", "add"], ["publish", "a.b"], ["replay"], ["frobnicate"],
-     ["replay", "evt_x", "--since", "1h"]],
+    [
+        ["endpoint", "add"],
+        ["publish", "a.b"],
+        ["replay"],
+        ["frobnicate"],
+        ["replay", "evt_x", "--since", "1h"],
+    ],
 )
 def test_usage_errors_exit_2_with_one_line(env: dict[str, str], args: list[str]) -> None:
     result = run(env, *args)
@@ -139,18 +163,55 @@ def test_invalid_setting_is_one_clear_line(env: dict[str, str]) -> None:
 
 @pytest.mark.usefixtures("stack")
 def test_publish_show_attempts_and_replay_as_an_operator_would(
-    env: dict[str, str], engine: Engine, settings: Settings, receiver: Receiver, project: str,
+    env: dict[str, str],
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    project: str,
     path: str,
 ) -> None:
     endpoint = ok(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
-    published = ok(env, "publish", "deployment.succeeded", "--project", project,
-                   "--data", "-", "--idempotency-key", "k1", "--json", stdin='{"n": 1}')
+    published = ok(
+        env,
+        "publish",
+        "deployment.succeeded",
+        "--project",
+        project,
+        "--data",
+        "-",
+        "--idempotency-key",
+        "k1",
+        "--json",
+        stdin='{"n": 1}',
+    )
     assert published["id"].startswith("evt_") and published["duplicate"] is False
-    again = ok(env, "publish", "deployment.succeeded", "--project", project,
-               "--data", '{"n": 1}', "--idempotency-key", "k1", "--json")
+    again = ok(
+        env,
+        "publish",
+        "deployment.succeeded",
+        "--project",
+        project,
+        "--data",
+        '{"n": 1}',
+        "--idempotency-key",
+        "k1",
+        "--json",
+    )
     assert again == {"id": published["id"], "duplicate": True}
-    assert ok(env, "publish", "deployment.succeeded", "--project", project,
-              "--data", '{"n": 1}', "--idempotency-key", "k1").split()[0] == published["id"]
+    assert (
+        ok(
+            env,
+            "publish",
+            "deployment.succeeded",
+            "--project",
+            project,
+            "--data",
+            '{"n": 1}',
+            "--idempotency-key",
+            "k1",
+        ).split()[0]
+        == published["id"]
+    )
 
     wait_for_state(engine, settings, published["id"], "succeeded")
     shown = ok(env, "event", "show", published["id"], "--json")
@@ -158,15 +219,28 @@ def test_publish_show_attempts_and_replay_as_an_operator_would(
     assert set(shown["event"]) == {"id", "type", "created_at", "project_id", "data"}
     [delivery] = shown["deliveries"]
     assert {"id", "endpoint_id", "state", "attempt_count", "next_attempt_at", "attempts"} <= set(
-        delivery)
+        delivery
+    )
     assert delivery["state"] == "succeeded" and delivery["endpoint_id"] == endpoint["id"]
 
     [attempt] = ok(env, "attempts", published["id"], "--endpoint", endpoint["id"], "--json")
-    assert set(attempt) >= {"number", "trigger", "endpoint_id", "started_at", "duration_ms",
-                            "request_url", "response_status", "error_kind", "error_message",
-                            "response_body"}
+    assert set(attempt) >= {
+        "number",
+        "trigger",
+        "endpoint_id",
+        "started_at",
+        "duration_ms",
+        "request_url",
+        "response_status",
+        "error_kind",
+        "error_message",
+        "response_body",
+    }
     assert (attempt["number"], attempt["trigger"], attempt["response_status"]) == (
-        1, "scheduled", 200)
+        1,
+        "scheduled",
+        200,
+    )
     assert attempt["started_at"].endswith("Z")
     table = ok(env, "attempts", published["id"])
     assert "scheduled" in table and "200" in table
@@ -180,35 +254,60 @@ def test_publish_show_attempts_and_replay_as_an_operator_would(
         return [a["trigger"] for a in found] == ["scheduled", "replay", "replay"]
 
     from tests.polling import wait_for
+
     wait_for(replays_done, what="two replay attempts")
     assert len(receiver.received(path)) == 3
 
 
 @pytest.mark.usefixtures("stack")
 def test_bulk_replay_of_failed_deliveries_with_dry_run_and_progress(
-    env: dict[str, str], engine: Engine, settings: Settings, receiver: Receiver, project: str,
+    env: dict[str, str],
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    project: str,
     path: str,
 ) -> None:
     receiver.script(path, [500])
     endpoint = ok(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
-    events = [ok(env, "publish", "deployment.failed", "--project", project,
-                 "--data", json.dumps({"i": i}), "--json")["id"] for i in range(3)]
+    events = [
+        ok(
+            env,
+            "publish",
+            "deployment.failed",
+            "--project",
+            project,
+            "--data",
+            json.dumps({"i": i}),
+            "--json",
+        )["id"]
+        for i in range(3)
+    ]
     for event_id in events:
         wait_for_state(engine, settings, event_id, "failed")
 
-    dry = run(env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status",
-              "failed", "--dry-run")
+    dry = run(
+        env,
+        "replay",
+        "--endpoint",
+        endpoint["id"],
+        "--since",
+        "1h",
+        "--status",
+        "failed",
+        "--dry-run",
+    )
     assert dry.returncode == 0 and "3 deliveries would be replayed" in dry.stdout
     # A 1 s window with a 1 s step leaves room for the first attempt only.
     assert len(receiver.received(path)) == 3
 
     receiver.script(path, [200])
-    result = run(env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status",
-                 "failed")
+    result = run(env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status", "failed")
     assert result.returncode == 0, result.stderr
     assert "queued 3 deliveries" in result.stdout
     assert "queueing replays" in result.stderr
     for event_id in events:
         wait_for_state(engine, settings, event_id, "succeeded")
-    assert ok(env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status",
-              "failed", "--json") == {"queued": 0}
+    assert ok(
+        env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status", "failed", "--json"
+    ) == {"queued": 0}

@@ -26,8 +26,11 @@ def test_silent_and_trickling_receivers_are_cut_at_ten_seconds(
     trickle = publish_one(engine, settings, project, "slow.event")
 
     for event_id in (silent, trickle):
-        wait_for(lambda e=event_id: attempts(engine, settings, e), timeout=25,
-                 what="the first attempt to be recorded")
+        wait_for(
+            lambda e=event_id: attempts(engine, settings, e),
+            timeout=25,
+            what="the first attempt to be recorded",
+        )
     [hung] = attempts(engine, settings, silent)[:1]
     [slow] = attempts(engine, settings, trickle)[:1]
 

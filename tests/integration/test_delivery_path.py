@@ -6,6 +6,7 @@ starts them), a real receiver on 127.0.0.1. The retry schedule is shortened to 1
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -22,10 +23,10 @@ from tests.helpers import (
     wait_for_state,
 )
 from tests.polling import wait_for
-from tests.processes import Stack, settle
+from tests.processes import settle
 from tests.receiver import Receiver
-from webhooks.errors import EventNotFound
 from webhooks.endpoints import disable_endpoint, enable_endpoint
+from webhooks.errors import EventNotFound
 from webhooks.outbox import publish
 from webhooks.replay import replay_event
 from webhooks.settings import Settings
@@ -54,7 +55,11 @@ def test_committed_event_is_delivered_once_signed_and_recorded(
     assert delivery.endpoint_id == endpoint_id and delivery.attempt_count == 1
     [attempt] = delivery.attempts
     assert (attempt.number, attempt.trigger, attempt.response_status, attempt.error_kind) == (
-        1, "scheduled", 200, None)
+        1,
+        "scheduled",
+        200,
+        None,
+    )
     assert attempt.response_body == '{"ok": true}'
     settle(1.0)
     assert len(receiver.received(path)) == 1
@@ -66,8 +71,9 @@ def test_event_published_in_a_rolled_back_transaction_is_never_sent(
     new_endpoint(engine, settings, receiver.url(path), project)
     with engine.connect() as conn:
         transaction = conn.begin()
-        event_id = publish(conn, project_id=project, type="deployment.failed",
-                           data={}, settings=settings)
+        event_id = publish(
+            conn, project_id=project, type="deployment.failed", data={}, settings=settings
+        )
         transaction.rollback()
     committed = publish_one(engine, settings, project)
     wait_for_state(engine, settings, committed, "succeeded")
@@ -84,8 +90,9 @@ def test_publish_works_with_an_orm_session(
 
     new_endpoint(engine, settings, receiver.url(path), project)
     with Session(engine) as session, session.begin():
-        event_id = publish(session, project_id=project, type="project.created", data={"a": 1},
-                           settings=settings)
+        event_id = publish(
+            session, project_id=project, type="project.created", data={"a": 1}, settings=settings
+        )
     wait_for_state(engine, settings, event_id, "succeeded")
 
 
@@ -104,8 +111,11 @@ def test_failing_endpoint_is_retried_with_the_same_id_and_body_until_it_answers(
     for request in requests:
         standardwebhooks.Webhook(secret).verify(request.body, request.headers)
     assert [(a.number, a.response_status, a.error_kind) for a in delivery.attempts] == [
-        (1, 500, "http_status"), (2, 500, "http_status"), (3, 200, None)]
-    gaps = [b.arrived_at - a.arrived_at for a, b in zip(requests, requests[1:], strict=False)]
+        (1, 500, "http_status"),
+        (2, 500, "http_status"),
+        (3, 200, None),
+    ]
+    gaps = [b.arrived_at - a.arrived_at for a, b in itertools.pairwise(requests)]
     assert gaps[0] >= 1.0 and gaps[1] >= 2.0, gaps
 
 
@@ -113,7 +123,7 @@ def test_endpoint_that_always_fails_ends_failed_then_replay_delivers_it(
     engine: Engine, settings: Settings, receiver: Receiver, project: str, path: str
 ) -> None:
     receiver.script(path, [503])
-    endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
+    new_endpoint(engine, settings, receiver.url(path), project)
     event_id = publish_one(engine, settings, project)
 
     [delivery] = wait_for_state(engine, settings, event_id, "failed", timeout=30)
@@ -179,10 +189,12 @@ def test_fan_out_follows_each_endpoints_filter(
     engine: Engine, settings: Settings, receiver: Receiver, project: str, path: str
 ) -> None:
     everything, _ = new_endpoint(engine, settings, receiver.url(path + "/all"), project)
-    prefix, _ = new_endpoint(engine, settings, receiver.url(path + "/prefix"), project,
-                             ("deployment.*",))
-    exact, _ = new_endpoint(engine, settings, receiver.url(path + "/exact"), project,
-                            ("project.created",))
+    prefix, _ = new_endpoint(
+        engine, settings, receiver.url(path + "/prefix"), project, ("deployment.*",)
+    )
+    exact, _ = new_endpoint(
+        engine, settings, receiver.url(path + "/exact"), project, ("project.created",)
+    )
     new_endpoint(engine, settings, receiver.url(path + "/elsewhere"), project + "other")
 
     event_id = publish_one(engine, settings, project, "deployment.build.failed")
@@ -229,9 +241,13 @@ def test_attempt_rows_store_request_and_response(
     event_id = publish_one(engine, settings, project)
     wait_for_state(engine, settings, event_id, "succeeded")
     with engine.connect() as conn:
-        row = conn.execute(sa.text(
-            f'SELECT request_url, request_headers, response_headers, duration_ms '
-            f'FROM "{settings.db_schema}".attempts WHERE event_id = :e'), {"e": event_id}).one()
+        row = conn.execute(
+            sa.text(
+                f"SELECT request_url, request_headers, response_headers, duration_ms "
+                f'FROM "{settings.db_schema}".attempts WHERE event_id = :e'
+            ),
+            {"e": event_id},
+        ).one()
     assert row.request_url == receiver.url(path)
     assert row.request_headers["webhook-id"] == event_id
     assert "webhook-signature" in row.request_headers

@@ -30,7 +30,11 @@ def processes(env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
 
 @pytest.mark.slow
 def test_delivery_of_a_killed_worker_is_claimed_again_after_its_lease(
-    processes: Stack, engine: Engine, settings: Settings, receiver: Receiver, project: str,
+    processes: Stack,
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    project: str,
     path: str,
 ) -> None:
     receiver.script(path, [HANG, 200])
@@ -56,7 +60,11 @@ def test_delivery_of_a_killed_worker_is_claimed_again_after_its_lease(
 
 @pytest.mark.slow
 def test_two_dispatchers_and_two_workers_deliver_every_event_exactly_once(
-    processes: Stack, engine: Engine, settings: Settings, receiver: Receiver, project: str,
+    processes: Stack,
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    project: str,
     path: str,
 ) -> None:
     processes.start_worker()

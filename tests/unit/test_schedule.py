@@ -28,7 +28,10 @@ def simulate(policy: RetryPolicy, rand: float = 0.0) -> list[timedelta]:
         while True:
             failures += 1
             decision = decide_retry(
-                policy, failures=failures, first_attempt_at=first, now=clock.now(),
+                policy,
+                failures=failures,
+                first_attempt_at=first,
+                now=clock.now(),
                 rand=lambda: rand,
             )
             if decision.gives_up:
@@ -40,8 +43,19 @@ def simulate(policy: RetryPolicy, rand: float = 0.0) -> list[timedelta]:
 
 def test_default_schedule_makes_eleven_attempts_within_72_hours() -> None:
     h, m = 3600, 60
-    expected = [0, 1 * m, 6 * m, 36 * m, 2 * h + 36 * m, 8 * h + 36 * m, 20 * h + 36 * m,
-                32 * h + 36 * m, 44 * h + 36 * m, 56 * h + 36 * m, 68 * h + 36 * m]
+    expected = [
+        0,
+        1 * m,
+        6 * m,
+        36 * m,
+        2 * h + 36 * m,
+        8 * h + 36 * m,
+        20 * h + 36 * m,
+        32 * h + 36 * m,
+        44 * h + 36 * m,
+        56 * h + 36 * m,
+        68 * h + 36 * m,
+    ]
     assert simulate(default_policy()) == [timedelta(seconds=s) for s in expected]
 
 
@@ -71,7 +85,10 @@ def test_no_attempt_is_scheduled_past_the_window_even_when_the_last_step_repeats
 
 def test_retry_after_pushes_the_next_attempt_later() -> None:
     decision = decide_retry(
-        default_policy(), failures=1, first_attempt_at=T0, now=T0,
+        default_policy(),
+        failures=1,
+        first_attempt_at=T0,
+        now=T0,
         retry_after=timedelta(minutes=10),
     )
     assert decision.next_attempt_at == T0 + timedelta(minutes=10)
@@ -79,7 +96,10 @@ def test_retry_after_pushes_the_next_attempt_later() -> None:
 
 def test_retry_after_never_brings_the_next_attempt_earlier() -> None:
     decision = decide_retry(
-        default_policy(), failures=3, first_attempt_at=T0, now=T0,
+        default_policy(),
+        failures=3,
+        first_attempt_at=T0,
+        now=T0,
         retry_after=timedelta(seconds=5),
     )
     assert decision.next_attempt_at == T0 + timedelta(minutes=30)
@@ -87,7 +107,10 @@ def test_retry_after_never_brings_the_next_attempt_earlier() -> None:
 
 def test_retry_after_is_clamped_to_the_window() -> None:
     decision = decide_retry(
-        default_policy(), failures=1, first_attempt_at=T0, now=T0,
+        default_policy(),
+        failures=1,
+        first_attempt_at=T0,
+        now=T0,
         retry_after=timedelta(days=30),
     )
     assert decision.next_attempt_at == T0 + timedelta(hours=72)

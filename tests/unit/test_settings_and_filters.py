@@ -28,8 +28,11 @@ def test_defaults_match_the_contract() -> None:
 
 def test_short_schedules_drive_the_tests() -> None:
     settings = Settings.from_env({"WEBHOOKS_RETRY_SCHEDULE": "1s,2s,4s"})
-    assert settings.retry_schedule == (timedelta(seconds=1), timedelta(seconds=2),
-                                       timedelta(seconds=4))
+    assert settings.retry_schedule == (
+        timedelta(seconds=1),
+        timedelta(seconds=2),
+        timedelta(seconds=4),
+    )
 
 
 def test_a_plain_postgresql_url_is_accepted() -> None:
@@ -90,9 +93,19 @@ def test_malformed_filters_are_refused() -> None:
 def test_the_public_api_is_pinned() -> None:
     assert webhooks.__all__ == sorted(webhooks.__all__)
     assert set(webhooks.__all__) == {
-        "BrokerUnavailable", "ConfigurationError", "DatabaseUnavailable", "EndpointNotFound",
-        "EventNotFound", "InvalidArgument", "InvalidEndpointURL", "InvalidEventType",
-        "InvalidPayload", "PayloadTooLarge", "Settings", "WebhookError", "__version__",
+        "BrokerUnavailable",
+        "ConfigurationError",
+        "DatabaseUnavailable",
+        "EndpointNotFound",
+        "EventNotFound",
+        "InvalidArgument",
+        "InvalidEndpointURL",
+        "InvalidEventType",
+        "InvalidPayload",
+        "PayloadTooLarge",
+        "Settings",
+        "WebhookError",
+        "__version__",
         "publish",
     }
     assert issubclass(webhooks.PayloadTooLarge, ValueError)

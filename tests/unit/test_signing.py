@@ -12,8 +12,11 @@ import svix.webhooks
 from webhooks.errors import InvalidArgument
 from webhooks.signing import generate_secret, secret_key, sign, signature_header
 
-BODY = json.dumps({"id": "evt_1", "type": "deployment.succeeded", "data": {"ü": 1}},
-                  separators=(",", ":"), ensure_ascii=False).encode()
+BODY = json.dumps(
+    {"id": "evt_1", "type": "deployment.succeeded", "data": {"ü": 1}},
+    separators=(",", ":"),
+    ensure_ascii=False,
+).encode()
 
 
 def headers(secrets: list[str], *, msg_id: str = "evt_1") -> dict[str, str]:
@@ -21,8 +24,9 @@ def headers(secrets: list[str], *, msg_id: str = "evt_1") -> dict[str, str]:
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature_header(secrets, msg_id=msg_id, timestamp=timestamp,
-                                              body=BODY),
+        "webhook-signature": signature_header(
+            secrets, msg_id=msg_id, timestamp=timestamp, body=BODY
+        ),
     }
 
 
@@ -37,7 +41,9 @@ def test_signature_verifies_with_svix() -> None:
     h = headers([secret])
     # svix 2.x returns None on success and raises on a bad signature; check both names.
     svix.webhooks.Webhook(secret).verify(BODY, h)
-    svix.webhooks.Webhook(secret).verify(BODY, {k.replace("webhook-", "svix-"): v for k, v in h.items()})
+    svix.webhooks.Webhook(secret).verify(
+        BODY, {k.replace("webhook-", "svix-"): v for k, v in h.items()}
+    )
     with pytest.raises(svix.webhooks.WebhookVerificationError):
         svix.webhooks.Webhook(generate_secret()).verify(BODY, h)
 
@@ -61,8 +67,10 @@ def test_a_wrong_secret_or_a_changed_body_does_not_verify() -> None:
 def test_known_vector_from_the_standard_webhooks_spec() -> None:
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = b'{"test": 2432232314}'
-    assert sign(secret, msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330, body=body) \
+    assert (
+        sign(secret, msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330, body=body)
         == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
 
 
 def test_secrets_are_whsec_base64_of_enough_random_bytes() -> None:
