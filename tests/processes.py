@@ -110,8 +110,12 @@ class Stack:
         for process in reversed(self.processes):
             process.stop()
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.output()[-4000:]}" for p in self.processes)
+    def logs(self, tail: int | None = 4000) -> str:
+        """Every process's output, the last ``tail`` characters of each (None: all of it)."""
+        return "\n".join(
+            f"--- {p.name} ---\n{p.output()[-tail:] if tail else p.output()}"
+            for p in self.processes
+        )
 
 
 def settle(seconds: float) -> None:
