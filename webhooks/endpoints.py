@@ -8,6 +8,7 @@ whose job is to show them once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +30,10 @@ from webhooks.signing import generate_secret
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 MAX_URL_LENGTH = 2048
 
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 _COLUMNS = "id, project_id, url, event_types, enabled, disabled_reason, created_at, updated_at"
 
 
@@ -38,9 +43,15 @@ def validate_url(url: str, settings: Settings) -> str:
     Hostnames are checked again at every attempt (they may resolve anywhere); a literal
     address can be judged now, so one in a blocked range is refused at creation.
     """
-    if not url or len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
+    if (
+        not url
+        or len(url) > MAX_URL_LENGTH
+        or any(c.isspace() for c in url)
+        or _CONTROL.search(url)
+    ):
         raise InvalidEndpointURL(
-            f"endpoint URL must be non-empty, without spaces, at most {MAX_URL_LENGTH} characters"
+            "endpoint URL must be non-empty, without spaces or control characters, at most "
+            f"{MAX_URL_LENGTH} characters"
         )
     try:
         parts = urlsplit(url)
@@ -67,6 +78,10 @@ def validate_url(url: str, settings: Settings) -> str:
     if port == 0:
         raise InvalidEndpointURL("endpoint URL port must be between 1 and 65535")
     ip = literal_ip(host)
+    if ip is None and not _is_hostname(host):
+        raise InvalidEndpointURL(
+            f"endpoint URL host {host!r} is neither an IP address nor a valid DNS name"
+        )
     if ip is not None:
         reason = blocked_reason(ip, settings.allowed_networks)
         if reason:
@@ -75,6 +90,14 @@ def validate_url(url: str, settings: Settings) -> str:
                 "purpose, add its network to WEBHOOKS_ALLOWED_NETWORKS (e.g. 127.0.0.0/8)"
             )
     return url
+
+
+def _is_hostname(host: str) -> bool:
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return len(ascii_host) <= 253 and bool(_HOSTNAME.match(ascii_host.lower()))
 
 
 def active_secrets(stored: Sequence[dict[str, Any]], now: datetime) -> list[str]:
