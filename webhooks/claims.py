@@ -212,7 +212,7 @@ def begin_attempt(
         claim=claim,
         payload=row.payload.encode("utf-8"),
         url=row.url,
-        secrets=tuple(active_secrets(row.secrets, now)),
+        secrets=tuple(active_secrets(row.secrets, now, settings.secret_keys)),
     )
 
 

@@ -24,6 +24,7 @@ from webhooks.event_types import validate_filters
 from webhooks.ids import new_id
 from webhooks.models import Endpoint
 from webhooks.outbox import notify_dispatchers, validate_project_id
+from webhooks.sealing import seal, unseal
 from webhooks.settings import Settings
 from webhooks.signing import generate_secret
 
@@ -100,14 +101,21 @@ def _is_hostname(host: str) -> bool:
     return len(ascii_host) <= 253 and bool(_HOSTNAME.match(ascii_host.lower()))
 
 
-def active_secrets(stored: Sequence[dict[str, Any]], now: datetime) -> list[str]:
-    """Return the secrets that sign right now: the current one and those still in grace."""
-    result = []
-    for item in stored:
-        expires = item.get("expires_at")
-        if expires is None or datetime.fromisoformat(expires) > now:
-            result.append(str(item["secret"]))
-    return result
+def active_secrets(
+    stored: Sequence[dict[str, Any]], now: datetime, keys: tuple[str, ...] = ()
+) -> list[str]:
+    """Return the secrets that sign right now: the current one and those still in grace.
+
+    Args:
+        stored: the endpoint's ``secrets`` column.
+        now: the time of the attempt.
+        keys: `Settings.secret_keys`, to unseal secrets stored encrypted.
+    """
+    return [
+        unseal(str(item["secret"]), keys)
+        for item in stored
+        if item.get("expires_at") is None or datetime.fromisoformat(item["expires_at"]) > now
+    ]
 
 
 def add_endpoint(
@@ -135,7 +143,9 @@ def add_endpoint(
             "id": new_id("ep"),
             "project_id": project_id,
             "url": url,
-            "secrets": json.dumps([{"secret": secret, "expires_at": None}]),
+            "secrets": json.dumps(
+                [{"secret": seal(secret, settings.secret_keys), "expires_at": None}]
+            ),
             "event_types": list(filters),
             "now": now,
         },
@@ -244,7 +254,7 @@ def rotate_secret(
     kept = [
         {"secret": item["secret"], "expires_at": min(item["expires_at"] or expires, expires)}
         for item in stored
-        if item["secret"] in active_secrets([item], now)
+        if item["expires_at"] is None or datetime.fromisoformat(item["expires_at"]) > now
     ]
     secret = generate_secret()
     row = conn.execute(
@@ -255,7 +265,9 @@ def rotate_secret(
         ),
         {
             "id": endpoint_id,
-            "secrets": json.dumps([{"secret": secret, "expires_at": None}, *kept]),
+            "secrets": json.dumps(
+                [{"secret": seal(secret, settings.secret_keys), "expires_at": None}, *kept]
+            ),
             "now": now,
         },
     ).one()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from webhooks.errors import ConfigurationError
+from webhooks.sealing import parse_keys
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,6 +116,7 @@ class Settings:
     dispatch_batch_size: int = 200
     dispatch_poll_interval: timedelta = timedelta(seconds=1)
     notify: bool = True
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -166,4 +168,5 @@ class Settings:
                 get("WEBHOOKS_DISPATCH_POLL", "1s"), name="WEBHOOKS_DISPATCH_POLL"
             ),
             notify=parse_bool(env.get("WEBHOOKS_NOTIFY", "true"), name="WEBHOOKS_NOTIFY"),
+            secret_keys=parse_keys(env.get("WEBHOOKS_SECRET_KEY", "")),
         )
