@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from webhooks.database import sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import active_secrets
+from webhooks.health import after_attempt
 from webhooks.schedule import RetryPolicy, decide_retry, parse_retry_after
 from webhooks.settings import Settings
 
@@ -87,7 +88,7 @@ UPDATE {s}.deliveries d SET lease_expires_at = :lease_until
 FROM {s}.events ev, {s}.endpoints e
 WHERE d.id = :delivery_id AND d.claim_token = CAST(:token AS uuid) AND d.state = 'delivering'
   AND ev.id = d.event_id AND e.id = d.endpoint_id
-RETURNING ev.payload, e.url, e.secrets
+RETURNING ev.payload, e.url, e.secrets, ev.project_id
 """
 BEGIN_REPLAY = """
 UPDATE {s}.replays r SET lease_expires_at = :lease_until
@@ -95,7 +96,7 @@ FROM {s}.deliveries d, {s}.events ev, {s}.endpoints e
 WHERE r.claim_token = CAST(:token AS uuid) AND r.state = 'delivering'
   AND d.id = r.delivery_id AND d.id = :delivery_id
   AND ev.id = d.event_id AND e.id = d.endpoint_id
-RETURNING ev.payload, e.url, e.secrets
+RETURNING ev.payload, e.url, e.secrets, ev.project_id
 """
 
 LOCK_DELIVERY = """
@@ -141,6 +142,7 @@ class AttemptJob:
     """What a worker needs to make the attempt, read under a still-valid claim."""
 
     claim: Claim
+    project_id: str
     payload: bytes
     url: str
     secrets: tuple[str, ...]
@@ -210,6 +212,7 @@ def begin_attempt(
         return None
     return AttemptJob(
         claim=claim,
+        project_id=row.project_id,
         payload=row.payload.encode("utf-8"),
         url=row.url,
         secrets=tuple(active_secrets(row.secrets, now, settings.secret_keys)),
@@ -286,6 +289,25 @@ def record_attempt(
         conn.execute(sql(UPDATE_DELIVERY, settings.db_schema), update)
     if claim.trigger == "replay":
         conn.execute(sql(FINISH_REPLAY, settings.db_schema), params)
+    exhausted = update["state"] == "failed" and current.state != "failed"
+    after_attempt(
+        conn,
+        settings,
+        endpoint_id=claim.endpoint_id,
+        project_id=job.project_id,
+        delivery={
+            "delivery_id": claim.delivery_id,
+            "event_id": claim.event_id,
+            "endpoint_id": claim.endpoint_id,
+            "attempts": number,
+            "last_status": outcome.status,
+            "last_error_kind": outcome.error_kind,
+        },
+        status=outcome.status,
+        succeeded=outcome.is_success,
+        exhausted=exhausted,
+        now=now,
+    )
     conn.execute(
         sql(INSERT_ATTEMPT, settings.db_schema),
         {

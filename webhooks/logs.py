@@ -18,6 +18,8 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Format the record with its extra fields."""
         base = super().format(record)
+        if not record.name.startswith("webhooks"):
+            return base  # other libraries' extras (Celery's `data`) are theirs to show
         extras = " ".join(
             f"{key}={value}" for key, value in vars(record).items() if key not in _STANDARD
         )
@@ -31,3 +33,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """httpx logs every request URL at INFO; a customer URL may carry a token in its query."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -117,6 +117,7 @@ class Settings:
     dispatch_poll_interval: timedelta = timedelta(seconds=1)
     notify: bool = True
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    disable_after: timedelta = timedelta(days=5)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,4 +170,7 @@ class Settings:
             ),
             notify=parse_bool(env.get("WEBHOOKS_NOTIFY", "true"), name="WEBHOOKS_NOTIFY"),
             secret_keys=parse_keys(env.get("WEBHOOKS_SECRET_KEY", "")),
+            disable_after=parse_duration(
+                get("WEBHOOKS_DISABLE_AFTER", "5d"), name="WEBHOOKS_DISABLE_AFTER"
+            ),
         )

@@ -14,7 +14,7 @@ from celery.signals import after_setup_logger, worker_shutdown
 
 from webhooks.attempts import run_attempt
 from webhooks.claims import Claim
-from webhooks.logs import KeyValueFormatter
+from webhooks.logs import KeyValueFormatter, quiet_libraries
 from workers.app import app
 from workers.resources import close_resources, get_resources
 
@@ -57,3 +57,4 @@ def _log_ids(logger: logging.Logger, **_: Any) -> None:
     for handler in logger.handlers:
         fmt = handler.formatter._fmt if handler.formatter else None
         handler.setFormatter(KeyValueFormatter(fmt))
+    quiet_libraries()

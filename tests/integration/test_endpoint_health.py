@@ -1,0 +1,125 @@
+"""Endpoint health: 410 Gone disables at once; endpoints that keep exhausting are disabled;
+both are announced as operational events that operators receive like any other webhook."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from tests.helpers import deliveries, new_endpoint, publish_one, wait_for_state
+from tests.polling import wait_for
+from tests.processes import settle
+from tests.receiver import Receiver
+from webhooks.endpoints import enable_endpoint, get_endpoint
+from webhooks.health import OPERATIONS_PROJECT
+from webhooks.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("stack")
+
+# One attempt per delivery (the window closes before a retry), and a 2 s disable window.
+STACK_ENV = {
+    "WEBHOOKS_RETRY_SCHEDULE": "1s",
+    "WEBHOOKS_RETRY_WINDOW": "1s",
+    "WEBHOOKS_DISABLE_AFTER": "2s",
+}
+
+
+@pytest.fixture(scope="module")
+def operations(engine: Engine, settings: Settings, receiver: Receiver) -> str:
+    """An operator's endpoint subscribed to the operational events."""
+    new_endpoint(engine, settings, receiver.url("/ops"), OPERATIONS_PROJECT)
+    return "/ops"
+
+
+def operational_events(receiver: Receiver, path: str, event_type: str) -> list[dict[str, object]]:
+    bodies = [json.loads(r.body) for r in receiver.received(path)]
+    return [b["data"] for b in bodies if b["type"] == event_type]
+
+
+def is_enabled(engine: Engine, settings: Settings, endpoint_id: str) -> bool:
+    with engine.connect() as conn:
+        return get_endpoint(conn, settings, endpoint_id).enabled
+
+
+def test_410_gone_disables_the_endpoint_at_once_and_holds_later_events(
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    operations: str,
+    project: str,
+    path: str,
+) -> None:
+    receiver.script(path, [410, 200])
+    endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
+    first = publish_one(engine, settings, project)
+
+    wait_for(lambda: not is_enabled(engine, settings, endpoint_id), what="the endpoint disabled")
+    with engine.connect() as conn:
+        assert "410 Gone" in (get_endpoint(conn, settings, endpoint_id).disabled_reason or "")
+    wait_for(
+        lambda: any(
+            e["endpoint_id"] == endpoint_id
+            for e in operational_events(receiver, operations, "endpoint.disabled")
+        ),
+        what="endpoint.disabled to reach the operations endpoint",
+    )
+
+    second = publish_one(engine, settings, project)
+    settle(1.0)
+    assert len(receiver.received(path)) == 1
+    assert [d.state for d in deliveries(engine, settings, second)] == ["pending"]
+
+    with engine.begin() as conn:
+        enable_endpoint(conn, settings, endpoint_id)
+    wait_for_state(engine, settings, second, "succeeded", timeout=5)
+    # With this module's 1 s window the 410 also exhausted the first delivery.
+    assert [d.state for d in deliveries(engine, settings, first)] == ["failed"]
+
+
+def test_exhausted_deliveries_are_announced_and_a_persistently_failing_endpoint_is_disabled(
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    operations: str,
+    project: str,
+    path: str,
+) -> None:
+    receiver.script(path, [500])
+    endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
+    first = publish_one(engine, settings, project)
+    wait_for_state(engine, settings, first, "failed")
+    wait_for(
+        lambda: any(
+            e["event_id"] == first
+            for e in operational_events(receiver, operations, "delivery.exhausted")
+        ),
+        what="delivery.exhausted for the first event",
+    )
+    assert is_enabled(engine, settings, endpoint_id), "one exhaustion is not yet a pattern"
+
+    settle(2.1)  # longer than WEBHOOKS_DISABLE_AFTER
+    second = publish_one(engine, settings, project)
+    wait_for_state(engine, settings, second, "failed")
+    wait_for(lambda: not is_enabled(engine, settings, endpoint_id), what="the endpoint disabled")
+    with engine.connect() as conn:
+        assert "failing since" in (get_endpoint(conn, settings, endpoint_id).disabled_reason or "")
+
+
+def test_a_success_in_between_resets_the_failing_clock(
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    operations: str,
+    project: str,
+    path: str,
+) -> None:
+    receiver.script(path, [500, 200, 500])
+    endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
+    wait_for_state(engine, settings, publish_one(engine, settings, project), "failed")
+    wait_for_state(engine, settings, publish_one(engine, settings, project), "succeeded")
+    settle(2.1)
+    wait_for_state(engine, settings, publish_one(engine, settings, project), "failed")
+    settle(0.3)
+    assert is_enabled(engine, settings, endpoint_id)
