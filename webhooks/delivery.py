@@ -36,7 +36,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from webhooks.addresses import IPNetwork, blocked_reason
+from webhooks.addresses import IPNetwork, blocked_reason, literal_ip
 
 __all__ = [
     "ERROR_KINDS",
@@ -256,8 +256,10 @@ class _GuardedBackend(httpcore.NetworkBackend):
             address = ipaddress.ip_address(sockaddr[0])
             reason = blocked_reason(address, self._allowed)
             if reason is not None:
+                if literal_ip(host) != address:
+                    reason = f"{host} resolves to {address}, and {reason}"
                 raise _AddressBlocked(
-                    f"{host} resolves to {address}: {reason}; nothing was sent. "
+                    f"{reason}; nothing was sent. "
                     "WEBHOOKS_ALLOWED_NETWORKS opens ranges like this on purpose "
                     "(e.g. 127.0.0.0/8 in development)"
                 )
@@ -339,7 +341,10 @@ class _ResponseBody(httpx.SyncByteStream):
         try:
             yield from self._stream
         except Exception as exc:
-            raise _as_httpx_error(exc, self._request) from exc
+            mapped = _as_httpx_error(exc, self._request)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     def close(self) -> None:
         close = getattr(self._stream, "close", None)
@@ -388,7 +393,10 @@ class _GuardedTransport(httpx.BaseTransport):
         try:
             core_response = self._pool.handle_request(core_request)
         except Exception as exc:
-            raise _as_httpx_error(exc, request) from exc
+            mapped = _as_httpx_error(exc, request)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         assert isinstance(core_response.stream, Iterable)
         return httpx.Response(
             status_code=core_response.status,
