@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from webhooks.admission import Candidate, IsolationPolicy, admit
 from webhooks.database import sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import active_secrets
@@ -36,22 +37,37 @@ UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at =
 WHERE state = 'delivering' AND lease_expires_at < :now
 """
 
-# MATERIALIZED keeps the LIMIT subquery from being re-run by the planner (Oban's lesson), and
-# OF d locks only the delivery rows, not the endpoint rows joined to skip disabled endpoints.
+# Due rows, oldest first, locked for this transaction (SKIP LOCKED: another dispatcher gets
+# the next ones). OF d locks only the delivery rows, not the endpoint rows joined to skip
+# disabled endpoints and to read their breaker state. `admission.admit` then decides.
+DUE_CANDIDATES = """
+SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until
+FROM {s}.deliveries d
+JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
+WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+  AND d.endpoint_id NOT IN (SELECT f.endpoint_id FROM {s}.deliveries f
+                            WHERE f.state = 'delivering'
+                            GROUP BY f.endpoint_id HAVING count(*) >= :concurrency)
+ORDER BY d.next_attempt_at
+LIMIT :limit
+FOR UPDATE OF d SKIP LOCKED
+"""
+IN_FLIGHT = """
+SELECT endpoint_id, count(*) AS n FROM {s}.deliveries
+WHERE state = 'delivering' AND endpoint_id = ANY (CAST(:endpoint_ids AS text[]))
+GROUP BY endpoint_id
+"""
 CLAIM_DELIVERIES = """
-WITH due AS MATERIALIZED (
-    SELECT d.id FROM {s}.deliveries d
-    JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
-    WHERE d.state = 'pending' AND d.next_attempt_at <= :now
-    ORDER BY d.next_attempt_at
-    LIMIT :limit
-    FOR UPDATE OF d SKIP LOCKED
-)
-UPDATE {s}.deliveries d
+UPDATE {s}.deliveries
 SET state = 'delivering', claim_token = gen_random_uuid(), lease_expires_at = :lease_until,
     updated_at = :now
-FROM due WHERE d.id = due.id
-RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.claim_token
+WHERE id = ANY (CAST(:ids AS text[]))
+RETURNING id, event_id, endpoint_id, attempt_count, claim_token
+"""
+DEFER_DELIVERIES = """
+UPDATE {s}.deliveries d SET next_attempt_at = v.at, updated_at = :now
+FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS v (id, at)
+WHERE d.id = v.id
 """
 CLAIM_REPLAYS = """
 WITH due AS MATERIALIZED (
@@ -76,9 +92,11 @@ RELEASE_REPLAY = """
 UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at = NULL
 WHERE claim_token = CAST(:token AS uuid) AND state = 'delivering'
 """
+# Only future rows: rows already due but not claimable (their endpoint is at its cap) are
+# the dispatcher's capacity re-check's business, not a reason to spin.
 NEXT_DUE = """
 SELECT min(next_attempt_at) FROM {s}.deliveries
-WHERE state = 'pending' AND next_attempt_at IS NOT NULL
+WHERE state = 'pending' AND next_attempt_at > :now
 """
 
 # The worker's first step: prove the claim is still ours and push the lease out to cover the
@@ -164,20 +182,61 @@ def reap_expired_leases(conn: Connection, settings: Settings, now: datetime) -> 
     return int(reaped)
 
 
-def claim_due(conn: Connection, settings: Settings, now: datetime, limit: int) -> list[Claim]:
+@dataclass(frozen=True)
+class ClaimBatch:
+    """What one claim round took, and how many due rows wait only for a free slot."""
+
+    claims: list[Claim]
+    waiting: int = 0
+
+
+def claim_due(conn: Connection, settings: Settings, now: datetime, limit: int) -> ClaimBatch:
     """Claim up to ``limit`` due replays and deliveries (replays first: an operator waits)."""
-    params = {"now": now, "limit": limit, "lease_until": now + settings.lease}
+    params = {
+        "now": now,
+        "limit": limit,
+        "lease_until": now + settings.lease,
+        "concurrency": settings.endpoint_concurrency,
+    }
     claims = [
         _claim(row, "replay")
         for row in conn.execute(sql(CLAIM_REPLAYS, settings.db_schema), params)
     ]
-    if len(claims) < limit:
-        params["limit"] = limit - len(claims)
-        claims += [
-            _claim(row, "scheduled")
-            for row in conn.execute(sql(CLAIM_DELIVERIES, settings.db_schema), params)
-        ]
-    return claims
+    if len(claims) >= limit:
+        return ClaimBatch(claims)
+    params["limit"] = limit - len(claims)
+    batch = _claim_deliveries(conn, settings, params)
+    return ClaimBatch(claims + batch.claims, batch.waiting)
+
+
+def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, Any]) -> ClaimBatch:
+    schema = settings.db_schema
+    candidates = [
+        Candidate(row.id, row.endpoint_id, row.consecutive_failures, row.breaker_open_until)
+        for row in conn.execute(sql(DUE_CANDIDATES, schema), params)
+    ]
+    if not candidates:
+        return ClaimBatch([])
+    endpoint_ids = sorted({c.endpoint_id for c in candidates})
+    in_flight = {
+        row.endpoint_id: row.n
+        for row in conn.execute(sql(IN_FLIGHT, schema), {"endpoint_ids": endpoint_ids})
+    }
+    admission = admit(candidates, in_flight, IsolationPolicy.from_settings(settings), params["now"])
+    if admission.defer:
+        conn.execute(
+            sql(DEFER_DELIVERIES, schema),
+            {
+                "ids": list(admission.defer),
+                "ats": list(admission.defer.values()),
+                "now": params["now"],
+            },
+        )
+    claims: list[Claim] = []
+    if admission.claim:
+        rows = conn.execute(sql(CLAIM_DELIVERIES, schema), {**params, "ids": list(admission.claim)})
+        claims = [_claim(row, "scheduled") for row in rows]
+    return ClaimBatch(claims, admission.waiting)
 
 
 def release_claims(
@@ -189,9 +248,11 @@ def release_claims(
         conn.execute(sql(statement, settings.db_schema), {"token": claim.claim_token, "now": now})
 
 
-def next_due_at(conn: Connection, settings: Settings) -> datetime | None:
-    """When the earliest pending delivery falls due (None when nothing is scheduled)."""
-    value: datetime | None = conn.execute(sql(NEXT_DUE, settings.db_schema)).scalar_one()
+def next_due_at(conn: Connection, settings: Settings, now: datetime) -> datetime | None:
+    """When the next pending delivery falls due after ``now`` (None: nothing scheduled)."""
+    value: datetime | None = conn.execute(
+        sql(NEXT_DUE, settings.db_schema), {"now": now}
+    ).scalar_one()
     return value
 
 
@@ -304,6 +365,7 @@ def record_attempt(
             "last_error_kind": outcome.error_kind,
         },
         status=outcome.status,
+        error_kind=outcome.error_kind,
         succeeded=outcome.is_success,
         exhausted=exhausted,
         now=now,

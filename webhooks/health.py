@@ -1,5 +1,7 @@
 """Endpoint health: what an attempt's outcome says about its endpoint.
 
+- Attempts that get no HTTP response at all count towards the endpoint's circuit breaker
+  (see `webhooks.admission`); any response closes it.
 - ``410 Gone`` means the receiver is gone for good: the endpoint is disabled at once.
 - A delivery that exhausts its retry window emits ``delivery.exhausted``; an endpoint whose
   deliveries have kept exhausting, with no success in between, for `WEBHOOKS_DISABLE_AFTER`
@@ -29,10 +31,24 @@ from webhooks.settings import Settings
 OPERATIONS_PROJECT = "_webhooks"
 GONE = 410
 
+# Written only when something changes, so the hot path of a healthy endpoint takes no
+# lock on its endpoint row.
 CLEAR_FAILING = """
 UPDATE {s}.endpoints SET failing_since = NULL
 WHERE id = :endpoint_id AND failing_since IS NOT NULL
 """
+CLOSE_BREAKER = """
+UPDATE {s}.endpoints SET consecutive_failures = 0, breaker_open_until = NULL
+WHERE id = :endpoint_id AND (consecutive_failures <> 0 OR breaker_open_until IS NOT NULL)
+"""
+COUNT_UNREACHABLE = """
+UPDATE {s}.endpoints SET consecutive_failures = consecutive_failures + 1,
+    breaker_open_until = CASE WHEN consecutive_failures + 1 >= :threshold
+                              THEN :now + :cooldown ELSE breaker_open_until END
+WHERE id = :endpoint_id
+"""
+# No HTTP response at all: the kind of failure that ties up a worker for the whole deadline.
+UNREACHABLE = frozenset({"timeout", "connect", "dns", "tls"})
 MARK_FAILING = """
 UPDATE {s}.endpoints SET failing_since = coalesce(failing_since, :now)
 WHERE id = :endpoint_id AND enabled
@@ -48,6 +64,7 @@ def after_attempt(
     project_id: str,
     delivery: dict[str, Any],
     status: int | None,
+    error_kind: str | None,
     succeeded: bool,
     exhausted: bool,
     now: datetime,
@@ -61,11 +78,13 @@ def after_attempt(
         project_id: the event's project (operational events are not reported on).
         delivery: ids and counts describing the delivery, for the event's data.
         status: the response status, if any.
+        error_kind: the attempt's error kind, if it failed.
         succeeded: whether the attempt succeeded.
         exhausted: whether this attempt just moved the delivery to ``failed``.
         now: the time of recording.
     """
     params = {"endpoint_id": endpoint_id, "now": now}
+    update_breaker(conn, settings, endpoint_id, status=status, error_kind=error_kind, now=now)
     if succeeded:
         conn.execute(sql(CLEAR_FAILING, settings.db_schema), params)
         return
@@ -90,6 +109,30 @@ def after_attempt(
                 f"every delivery has been failing since {rfc3339(since)}",
                 reporting,
             )
+
+
+def update_breaker(
+    conn: Connection,
+    settings: Settings,
+    endpoint_id: str,
+    *,
+    status: int | None,
+    error_kind: str | None,
+    now: datetime,
+) -> None:
+    """Count attempts that got no response; any response closes the breaker."""
+    params = {"endpoint_id": endpoint_id, "now": now}
+    if status is not None:
+        conn.execute(sql(CLOSE_BREAKER, settings.db_schema), params)
+    elif error_kind in UNREACHABLE:
+        conn.execute(
+            sql(COUNT_UNREACHABLE, settings.db_schema),
+            {
+                **params,
+                "threshold": settings.breaker_threshold,
+                "cooldown": settings.breaker_cooldown,
+            },
+        )
 
 
 def disable(

@@ -77,6 +77,13 @@ def parse_bool(text: str, *, name: str) -> bool:
     raise ConfigurationError(f"{name}={text!r} is not a boolean; use true or false")
 
 
+def parse_count(text: str, name: str) -> int:
+    """Parse a positive whole number."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigurationError(f"{name}={text!r} must be a positive whole number")
+    return int(text)
+
+
 def validate_schema_name(text: str) -> str:
     """Return ``text`` if it is a safe, unquoted Postgres schema name."""
     if not _SCHEMA_NAME.match(text):
@@ -118,6 +125,9 @@ class Settings:
     notify: bool = True
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     disable_after: timedelta = timedelta(days=5)
+    endpoint_concurrency: int = 10
+    breaker_threshold: int = 5
+    breaker_cooldown: timedelta = timedelta(seconds=30)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,11 +154,7 @@ class Settings:
             raise ConfigurationError(
                 f"WEBHOOKS_RETRY_JITTER={jitter_text!r} must be a fraction between 0 and 1"
             )
-        batch_text = get("WEBHOOKS_DISPATCH_BATCH", "200")
-        if not batch_text.isdigit() or int(batch_text) < 1:
-            raise ConfigurationError(
-                f"WEBHOOKS_DISPATCH_BATCH={batch_text!r} must be a positive whole number"
-            )
+        batch_size = parse_count(get("WEBHOOKS_DISPATCH_BATCH", "200"), "WEBHOOKS_DISPATCH_BATCH")
         return cls(
             database_url=normalize_database_url(get("DATABASE_URL", cls.database_url)),
             broker_url=get("CELERY_BROKER_URL", cls.broker_url),
@@ -164,7 +170,7 @@ class Settings:
             allow_http=parse_bool(env.get("WEBHOOKS_ALLOW_HTTP", ""), name="WEBHOOKS_ALLOW_HTTP"),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or None,
             queue=get("WEBHOOKS_QUEUE", "webhooks"),
-            dispatch_batch_size=int(batch_text),
+            dispatch_batch_size=batch_size,
             dispatch_poll_interval=parse_duration(
                 get("WEBHOOKS_DISPATCH_POLL", "1s"), name="WEBHOOKS_DISPATCH_POLL"
             ),
@@ -172,5 +178,14 @@ class Settings:
             secret_keys=parse_keys(env.get("WEBHOOKS_SECRET_KEY", "")),
             disable_after=parse_duration(
                 get("WEBHOOKS_DISABLE_AFTER", "5d"), name="WEBHOOKS_DISABLE_AFTER"
+            ),
+            endpoint_concurrency=parse_count(
+                get("WEBHOOKS_ENDPOINT_CONCURRENCY", "10"), "WEBHOOKS_ENDPOINT_CONCURRENCY"
+            ),
+            breaker_threshold=parse_count(
+                get("WEBHOOKS_BREAKER_THRESHOLD", "5"), "WEBHOOKS_BREAKER_THRESHOLD"
+            ),
+            breaker_cooldown=parse_duration(
+                get("WEBHOOKS_BREAKER_COOLDOWN", "30s"), name="WEBHOOKS_BREAKER_COOLDOWN"
             ),
         )

@@ -25,6 +25,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from webhooks import clock
+from webhooks.admission import CAPACITY_RECHECK
 from webhooks.claims import Claim, claim_due, next_due_at, reap_expired_leases, release_claims
 from webhooks.database import create_engine
 from webhooks.outbox import channel
@@ -42,6 +43,7 @@ class TickResult:
     reaped: int
     claimed: int
     sent: int
+    waiting: int = 0
 
 
 def task_id(claim: Claim) -> str:
@@ -86,11 +88,11 @@ class Dispatcher:
         now = clock.now()
         with self.engine.begin() as conn:
             reaped = reap_expired_leases(conn, self.settings, now)
-            claims = claim_due(conn, self.settings, now, self.settings.dispatch_batch_size)
+            batch = claim_due(conn, self.settings, now, self.settings.dispatch_batch_size)
         if reaped:
             log.warning("dispatcher.leases_expired", extra={"count": reaped})
-        sent = self._send(claims)
-        return TickResult(reaped=reaped, claimed=len(claims), sent=sent)
+        sent = self._send(batch.claims)
+        return TickResult(reaped, len(batch.claims), sent, batch.waiting)
 
     def _send(self, claims: list[Claim]) -> int:
         sent = 0
@@ -116,7 +118,12 @@ class Dispatcher:
                 failures = 0
                 if result.claimed >= self.settings.dispatch_batch_size:
                     continue  # more is due right now
-                self._wait(self._seconds_until_next_due())
+                wait = self._seconds_until_next_due()
+                if result.waiting:
+                    # Rows are due but their endpoints are at their cap: slots free up as
+                    # attempts finish, and nothing notifies us of that.
+                    wait = min(wait, CAPACITY_RECHECK.total_seconds())
+                self._wait(wait)
             except (sa.exc.DBAPIError, psycopg.Error) as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
@@ -129,10 +136,11 @@ class Dispatcher:
     def _seconds_until_next_due(self) -> float:
         poll = self.settings.dispatch_poll_interval.total_seconds()
         with self.engine.connect() as conn:
-            due = next_due_at(conn, self.settings)
+            now = clock.now()
+            due = next_due_at(conn, self.settings, now)
         if due is None:
             return poll
-        return max(0.0, min(poll, (due - clock.now()).total_seconds()))
+        return max(0.0, min(poll, (due - now).total_seconds()))
 
     def _wait(self, seconds: float) -> None:
         if not self.settings.notify:

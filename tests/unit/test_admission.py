@@ -1,0 +1,59 @@
+"""Per-endpoint isolation decisions: pure, no services."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from webhooks.admission import Candidate, IsolationPolicy, admit
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+POLICY = IsolationPolicy(concurrency=2, breaker_threshold=3)
+
+
+def rows(
+    endpoint: str, n: int, failures: int = 0, open_until: datetime | None = None
+) -> list[Candidate]:
+    return [Candidate(f"{endpoint}-{i}", endpoint, failures, open_until) for i in range(n)]
+
+
+def test_healthy_endpoints_are_all_claimed_up_to_their_cap() -> None:
+    decision = admit(rows("a", 2) + rows("b", 1), {}, POLICY, NOW)
+    assert decision.claim == ("a-0", "a-1", "b-0")
+    assert decision.defer == {}
+
+
+def test_rows_of_a_healthy_endpoint_past_its_cap_stay_due_and_wait() -> None:
+    decision = admit(rows("busy", 7) + rows("fast", 1), {"busy": 1}, POLICY, NOW)
+    assert decision.claim == ("busy-0", "fast-0")
+    assert decision.defer == {}
+    assert decision.waiting == 6
+
+
+def test_in_flight_attempts_across_workers_count_against_the_cap() -> None:
+    decision = admit(rows("a", 3), {"a": 2}, POLICY, NOW)
+    assert decision.claim == ()
+    assert decision.waiting == 3
+
+
+def test_open_breaker_holds_everything_until_it_closes() -> None:
+    until = NOW + timedelta(seconds=30)
+    decision = admit(rows("dead", 3, failures=3, open_until=until) + rows("ok", 1), {}, POLICY, NOW)
+    assert decision.claim == ("ok-0",)
+    assert decision.defer == {f"dead-{i}": until for i in range(3)}
+
+
+def test_half_open_breaker_lets_one_probe_through() -> None:
+    expired = NOW - timedelta(seconds=1)
+    decision = admit(rows("dead", 3, failures=3, open_until=expired), {}, POLICY, NOW)
+    assert decision.claim == ("dead-0",)
+    assert decision.defer == {
+        "dead-1": NOW + timedelta(seconds=1),
+        "dead-2": NOW + timedelta(seconds=2),
+    }
+    assert (
+        admit(rows("dead", 1, failures=4, open_until=expired), {"dead": 1}, POLICY, NOW).claim == ()
+    )
+
+
+def test_failures_below_the_threshold_do_not_limit_the_endpoint() -> None:
+    assert admit(rows("flaky", 2, failures=2), {}, POLICY, NOW).claim == ("flaky-0", "flaky-1")

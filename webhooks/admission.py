@@ -1,0 +1,108 @@
+"""Which due deliveries may start now: per-endpoint isolation, decided without I/O.
+
+A slow or dead endpoint must not starve the healthy ones of worker threads. Two rules,
+applied by the dispatcher to each batch of due rows (oldest first):
+
+- **Concurrency cap.** At most `WEBHOOKS_ENDPOINT_CONCURRENCY` attempts per endpoint are in
+  flight at once, counted across every worker.
+- **Circuit breaker.** After `WEBHOOKS_BREAKER_THRESHOLD` attempts in a row that got no HTTP
+  response at all (timeout, connect, dns, tls), the endpoint's breaker is open for
+  `WEBHOOKS_BREAKER_COOLDOWN`: nothing is sent to it. Then it is half-open: one probe at a
+  time, until a response closes it or a failure opens it again.
+
+Nothing is dropped. A row of a healthy endpoint that is at its cap stays due and waits for
+a slot (the dispatcher's query skips endpoints already at their cap, so the rows behind them
+are reached, and it looks again within `CAPACITY_RECHECK`). A row of an endpoint whose breaker
+tripped is *deferred*: its `next_attempt_at` moves to when the breaker closes (or, past the
+half-open probe, one step later), so a dead endpoint's backlog leaves the front of the due
+index instead of being walked over at every claim. The retry window still applies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from webhooks.settings import Settings
+
+# How far apart the rows of a half-open endpoint come back while its probe is out.
+RECHECK_STEP = timedelta(seconds=1)
+# How soon the dispatcher looks again when due rows are waiting only for a free slot.
+CAPACITY_RECHECK = timedelta(milliseconds=50)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A due delivery, with the state of its endpoint."""
+
+    delivery_id: str
+    endpoint_id: str
+    consecutive_failures: int
+    breaker_open_until: datetime | None
+
+
+@dataclass(frozen=True)
+class IsolationPolicy:
+    """The per-endpoint limits."""
+
+    concurrency: int
+    breaker_threshold: int
+    recheck_step: timedelta = RECHECK_STEP
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IsolationPolicy:
+        """Build the policy from `WEBHOOKS_ENDPOINT_CONCURRENCY` and the breaker settings."""
+        return cls(settings.endpoint_concurrency, settings.breaker_threshold)
+
+    def limit(self, candidate: Candidate) -> int:
+        """How many attempts the candidate's endpoint may have in flight."""
+        half_open = candidate.consecutive_failures >= self.breaker_threshold
+        return 1 if half_open else self.concurrency
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The decision for one batch: rows to claim now, rows to look at again later, and how
+    many rows stay due waiting for a free slot of their (healthy) endpoint."""
+
+    claim: tuple[str, ...] = ()
+    defer: dict[str, datetime] = field(default_factory=dict)
+    waiting: int = 0
+
+
+def admit(
+    candidates: Sequence[Candidate],
+    in_flight: Mapping[str, int],
+    policy: IsolationPolicy,
+    now: datetime,
+) -> Admission:
+    """Decide which candidates start now.
+
+    Args:
+        candidates: due rows, oldest first.
+        in_flight: attempts in flight per endpoint id, across all workers.
+        policy: the limits.
+        now: the time of the decision.
+    """
+    running: Counter[str] = Counter(in_flight)
+    held: Counter[str] = Counter()
+    claim: list[str] = []
+    defer: dict[str, datetime] = {}
+    waiting = 0
+    for candidate in candidates:
+        endpoint = candidate.endpoint_id
+        if candidate.breaker_open_until is not None and candidate.breaker_open_until > now:
+            defer[candidate.delivery_id] = candidate.breaker_open_until
+            continue
+        limit = policy.limit(candidate)
+        if running[endpoint] < limit:
+            running[endpoint] += 1
+            claim.append(candidate.delivery_id)
+        elif limit < policy.concurrency:  # half-open: only the probe may be out
+            held[endpoint] += 1
+            defer[candidate.delivery_id] = now + policy.recheck_step * held[endpoint]
+        else:
+            waiting += 1
+    return Admission(claim=tuple(claim), defer=defer, waiting=waiting)
