@@ -10,6 +10,11 @@ applied by the dispatcher to each batch of due rows (oldest first):
   `WEBHOOKS_BREAKER_COOLDOWN`: nothing is sent to it. Then it is half-open: one probe at a
   time, until a response closes it or a failure opens it again.
 
+- **Rate limit** (optional, per endpoint, requests per second). Send slots are handed out
+  from the endpoint's ``next_send_at`` under its row lock, as a token bucket holding at most
+  one second of requests, so the limit holds across every dispatcher and worker. A row over
+  the limit is deferred to its slot: it waits in Postgres, never in a worker's memory.
+
 Nothing is dropped. A row of a healthy endpoint that is at its cap stays due and waits for
 a slot (the dispatcher's query skips endpoints already at their cap, so the rows behind them
 are reached, and it looks again within `CAPACITY_RECHECK`). A row of an endpoint whose breaker
@@ -43,6 +48,29 @@ class Candidate:
     breaker_open_until: datetime | None
 
 
+# A rate-limited endpoint that was idle may receive up to this much of its rate at once.
+BURST = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """An endpoint's rate limit and the earliest time its next request may start."""
+
+    per_second: float
+    next_send_at: datetime | None
+
+    @property
+    def interval(self) -> timedelta:
+        """Time between two requests at the limit."""
+        return timedelta(seconds=1 / self.per_second)
+
+    def first_slot(self, now: datetime) -> datetime:
+        """When the first free slot starts; idle time earns at most `BURST` of requests."""
+        burst = max(1.0, self.per_second * BURST.total_seconds())
+        earliest = now - self.interval * (burst - 1)
+        return max(self.next_send_at or earliest, earliest)
+
+
 @dataclass(frozen=True)
 class IsolationPolicy:
     """The per-endpoint limits."""
@@ -70,6 +98,7 @@ class Admission:
     claim: tuple[str, ...] = ()
     defer: dict[str, datetime] = field(default_factory=dict)
     waiting: int = 0
+    next_send_at: dict[str, datetime] = field(default_factory=dict)
 
 
 def admit(
@@ -77,6 +106,7 @@ def admit(
     in_flight: Mapping[str, int],
     policy: IsolationPolicy,
     now: datetime,
+    rates: Mapping[str, RateLimit] | None = None,
 ) -> Admission:
     """Decide which candidates start now.
 
@@ -85,9 +115,15 @@ def admit(
         in_flight: attempts in flight per endpoint id, across all workers.
         policy: the limits.
         now: the time of the decision.
+        rates: the rate limits of the rate-limited endpoints among the candidates, read
+            under their row locks.
     """
+    rates = rates or {}
     running: Counter[str] = Counter(in_flight)
     held: Counter[str] = Counter()
+    first_slot = {endpoint: rate.first_slot(now) for endpoint, rate in rates.items()}
+    sent: Counter[str] = Counter()  # slots handed out now, per rate-limited endpoint
+    reserved: Counter[str] = Counter()  # slots promised to deferred rows
     claim: list[str] = []
     defer: dict[str, datetime] = {}
     waiting = 0
@@ -97,12 +133,28 @@ def admit(
             defer[candidate.delivery_id] = candidate.breaker_open_until
             continue
         limit = policy.limit(candidate)
-        if running[endpoint] < limit:
-            running[endpoint] += 1
-            claim.append(candidate.delivery_id)
-        elif limit < policy.concurrency:  # half-open: only the probe may be out
-            held[endpoint] += 1
-            defer[candidate.delivery_id] = now + policy.recheck_step * held[endpoint]
-        else:
-            waiting += 1
-    return Admission(claim=tuple(claim), defer=defer, waiting=waiting)
+        if running[endpoint] >= limit:
+            if limit < policy.concurrency:  # half-open: only the probe may be out
+                held[endpoint] += 1
+                defer[candidate.delivery_id] = now + policy.recheck_step * held[endpoint]
+            else:
+                waiting += 1
+            continue
+        if endpoint in rates:
+            slot = first_slot[endpoint] + rates[endpoint].interval * (
+                sent[endpoint] + reserved[endpoint]
+            )
+            if slot > now:
+                reserved[endpoint] += 1
+                defer[candidate.delivery_id] = slot
+                continue
+            sent[endpoint] += 1
+        running[endpoint] += 1
+        claim.append(candidate.delivery_id)
+    # The next free slot follows the ones handed out now only: a deferred row, due again at
+    # its slot, must find that slot free.
+    next_send_at = {
+        endpoint: first_slot[endpoint] + rates[endpoint].interval * sent[endpoint]
+        for endpoint in sent
+    }
+    return Admission(claim=tuple(claim), defer=defer, waiting=waiting, next_send_at=next_send_at)

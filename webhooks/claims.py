@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from webhooks.admission import Candidate, IsolationPolicy, admit
+from webhooks.admission import Candidate, IsolationPolicy, RateLimit, admit
 from webhooks.database import sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import active_secrets
@@ -63,6 +63,18 @@ SET state = 'delivering', claim_token = gen_random_uuid(), lease_expires_at = :l
     updated_at = :now
 WHERE id = ANY (CAST(:ids AS text[]))
 RETURNING id, event_id, endpoint_id, attempt_count, claim_token
+"""
+# Locked in id order so that two dispatchers never wait on each other in a cycle.
+RATE_LIMITS = """
+SELECT id, rate_limit, next_send_at FROM {s}.endpoints
+WHERE id = ANY (CAST(:endpoint_ids AS text[])) AND rate_limit IS NOT NULL
+ORDER BY id
+FOR UPDATE
+"""
+ADVANCE_SEND_SLOTS = """
+UPDATE {s}.endpoints e SET next_send_at = v.at
+FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS v (id, at)
+WHERE e.id = v.id
 """
 DEFER_DELIVERIES = """
 UPDATE {s}.deliveries d SET next_attempt_at = v.at, updated_at = :now
@@ -222,7 +234,18 @@ def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, An
         row.endpoint_id: row.n
         for row in conn.execute(sql(IN_FLIGHT, schema), {"endpoint_ids": endpoint_ids})
     }
-    admission = admit(candidates, in_flight, IsolationPolicy.from_settings(settings), params["now"])
+    rates = {
+        row.id: RateLimit(row.rate_limit, row.next_send_at)
+        for row in conn.execute(sql(RATE_LIMITS, schema), {"endpoint_ids": endpoint_ids})
+    }
+    admission = admit(
+        candidates, in_flight, IsolationPolicy.from_settings(settings), params["now"], rates
+    )
+    if admission.next_send_at:
+        conn.execute(
+            sql(ADVANCE_SEND_SLOTS, schema),
+            {"ids": list(admission.next_send_at), "ats": list(admission.next_send_at.values())},
+        )
     if admission.defer:
         conn.execute(
             sql(DEFER_DELIVERIES, schema),

@@ -28,6 +28,7 @@ from webhooks.endpoints import (
     get_endpoint,
     list_endpoints,
     rotate_secret,
+    set_rate_limit,
 )
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
 from webhooks.history import get_deliveries, get_envelope, list_attempts
@@ -140,20 +141,28 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
     click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
     state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
     click.echo(f"state       {state}")
+    if endpoint.rate_limit is not None:
+        click.echo(f"rate limit  {endpoint.rate_limit:g}/s")
 
 
 @endpoint_group.command("add")
 @click.argument("url")
 @click.option("--project", "project_id", required=True, help="Project id (proj_…).")
 @click.option("--events", default="", help="Comma-separated types or prefix.* filters.")
+@click.option("--rate-limit", "rate", default="off", help="Requests per second at most.")
 @json_option
 @pass_context
-def endpoint_add(ctx: Context, url: str, project_id: str, events: str, as_json: bool) -> None:
+def endpoint_add(
+    ctx: Context, url: str, project_id: str, events: str, rate: str, as_json: bool
+) -> None:
     """Register URL to receive the project's events; prints its id and signing secret."""
+    per_second = parse_rate(rate)
     with ctx.transaction() as conn:
         endpoint, secret = add_endpoint(
             conn, ctx.settings, url=url, project_id=project_id, event_types=events.split(",")
         )
+        if per_second is not None:
+            endpoint = set_rate_limit(conn, ctx.settings, endpoint.id, per_second)
     show_endpoint(endpoint, as_json, secret)
 
 
@@ -212,6 +221,28 @@ def endpoint_enable(ctx: Context, endpoint_id: str, as_json: bool) -> None:
     """Deliver to an endpoint again, starting with what it missed."""
     with ctx.transaction() as conn:
         show_endpoint(enable_endpoint(conn, ctx.settings, endpoint_id), as_json)
+
+
+def parse_rate(text: str) -> float | None:
+    if text.strip().lower() in {"off", "none", "0"}:
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"rate limit {text!r} is not a number of requests per second (or off)"
+        ) from exc
+
+
+@endpoint_group.command("rate-limit")
+@click.argument("endpoint_id")
+@click.argument("rate")
+@json_option
+@pass_context
+def endpoint_rate_limit(ctx: Context, endpoint_id: str, rate: str, as_json: bool) -> None:
+    """Limit deliveries to an endpoint to RATE requests per second (`off` to remove)."""
+    with ctx.transaction() as conn:
+        show_endpoint(set_rate_limit(conn, ctx.settings, endpoint_id, parse_rate(rate)), as_json)
 
 
 @endpoint_group.command("rotate-secret")

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from webhooks import clock
 from webhooks.addresses import blocked_reason, literal_ip
 from webhooks.database import sql
-from webhooks.errors import EndpointNotFound, InvalidEndpointURL
+from webhooks.errors import EndpointNotFound, InvalidArgument, InvalidEndpointURL
 from webhooks.event_types import validate_filters
 from webhooks.ids import new_id
 from webhooks.models import Endpoint
@@ -35,7 +35,9 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-_COLUMNS = "id, project_id, url, event_types, enabled, disabled_reason, created_at, updated_at"
+_COLUMNS = (
+    "id, project_id, url, event_types, enabled, disabled_reason, created_at, updated_at, rate_limit"
+)
 
 
 def validate_url(url: str, settings: Settings) -> str:
@@ -235,6 +237,25 @@ def enable_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> E
     return _endpoint(row)
 
 
+def set_rate_limit(
+    conn: Connection, settings: Settings, endpoint_id: str, per_second: float | None
+) -> Endpoint:
+    """Limit an endpoint to ``per_second`` requests per second (None: no limit)."""
+    if per_second is not None and not 0 < per_second <= 100_000:
+        raise InvalidArgument("a rate limit must be a number of requests per second above 0")
+    row = conn.execute(
+        sql(
+            "UPDATE {s}.endpoints SET rate_limit = :rate, updated_at = :now "
+            f"WHERE id = :id RETURNING {_COLUMNS}",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id, "rate": per_second, "now": clock.now()},
+    ).one_or_none()
+    if row is None:
+        raise EndpointNotFound(endpoint_id)
+    return _endpoint(row)
+
+
 def rotate_secret(
     conn: Connection,
     settings: Settings,
@@ -284,4 +305,5 @@ def _endpoint(row: Any) -> Endpoint:
         disabled_reason=row.disabled_reason,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        rate_limit=row.rate_limit,
     )

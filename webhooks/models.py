@@ -34,6 +34,7 @@ class Endpoint:
     disabled_reason: str | None
     created_at: datetime
     updated_at: datetime
+    rate_limit: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `endpoint show --json` shape."""
@@ -44,6 +45,7 @@ class Endpoint:
             "event_types": list(self.event_types),
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
+            "rate_limit": self.rate_limit,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         }

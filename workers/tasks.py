@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import after_setup_logger, worker_shutdown
+from celery.signals import after_setup_logger, worker_process_init, worker_ready, worker_shutdown
 
 from webhooks.attempts import run_attempt
 from webhooks.claims import Claim
@@ -44,6 +44,14 @@ def deliver(
     )
     report = run_attempt(resources.engine, resources.sender, resources.settings, claim)
     return report.to_json()
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _open_resources(**_: Any) -> None:
+    # Build the engine and HTTP client before the first message, not during it: the first
+    # attempts would otherwise start late and bunch up with later ones.
+    get_resources()
 
 
 @worker_shutdown.connect

@@ -50,8 +50,8 @@ def assert_one_line_error(
 
 
 def test_migrate_is_safe_to_run_twice(env: dict[str, str]) -> None:
-    assert "revision 0003" in ok(env, "migrate")
-    assert "revision 0003" in ok(env, "migrate")
+    assert "revision 0004" in ok(env, "migrate")
+    assert "revision 0004" in ok(env, "migrate")
 
 
 def test_endpoint_lifecycle_shapes_and_secret_shown_only_on_create_and_rotate(

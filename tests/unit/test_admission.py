@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from webhooks.admission import Candidate, IsolationPolicy, admit
+from webhooks.admission import Candidate, IsolationPolicy, RateLimit, admit
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 POLICY = IsolationPolicy(concurrency=2, breaker_threshold=3)
@@ -57,3 +57,33 @@ def test_half_open_breaker_lets_one_probe_through() -> None:
 
 def test_failures_below_the_threshold_do_not_limit_the_endpoint() -> None:
     assert admit(rows("flaky", 2, failures=2), {}, POLICY, NOW).claim == ("flaky-0", "flaky-1")
+
+
+def test_rate_limit_hands_out_a_second_of_burst_then_defers_each_row_to_its_slot() -> None:
+    rate = RateLimit(per_second=2, next_send_at=None)
+    decision = admit(rows("limited", 5), {}, IsolationPolicy(10, 3), NOW, {"limited": rate})
+    assert decision.claim == ("limited-0", "limited-1")
+    assert decision.defer == {
+        "limited-2": NOW + timedelta(seconds=0.5),
+        "limited-3": NOW + timedelta(seconds=1.0),
+        "limited-4": NOW + timedelta(seconds=1.5),
+    }
+    assert decision.next_send_at == {"limited": NOW + timedelta(seconds=0.5)}
+
+
+def test_a_deferred_row_finds_its_slot_free_when_it_comes_back() -> None:
+    rate = RateLimit(per_second=2, next_send_at=NOW + timedelta(seconds=0.5))
+    later = NOW + timedelta(seconds=0.5)
+    decision = admit(rows("limited", 1), {}, IsolationPolicy(10, 3), later, {"limited": rate})
+    assert decision.claim == ("limited-0",)
+    assert decision.next_send_at == {"limited": later + timedelta(seconds=0.5)}
+
+
+def test_a_busy_rate_limited_endpoint_gets_no_burst() -> None:
+    rate = RateLimit(per_second=10, next_send_at=NOW + timedelta(seconds=3))
+    decision = admit(rows("limited", 2), {}, IsolationPolicy(10, 3), NOW, {"limited": rate})
+    assert decision.claim == ()
+    assert decision.defer == {
+        "limited-0": NOW + timedelta(seconds=3),
+        "limited-1": NOW + timedelta(seconds=3.1),
+    }
