@@ -1,0 +1,459 @@
+"""`webhooks dev`: the whole service on one machine, with no set-up, and a delivered demo.
+
+It starts what the Procfile starts (a worker, the dispatcher, Flower), plus embedded Postgres
+and Redis when ``DATABASE_URL`` / ``CELERY_BROKER_URL`` are unset, and a demo receiver; then
+it registers the receiver as an endpoint, publishes an event and waits until the event is
+delivered, so a newcomer sees one webhook go all the way through.
+
+Everything is driven through the public ``webhooks`` CLI and ``celery`` in subprocesses,
+exactly as an operator would run them, so `webhooks dev` also smoke-tests that contract.
+Children run in their own sessions: a Ctrl-C reaches only this process, which stops the
+children by PID (SIGTERM, then SIGKILL after a few seconds) before the servers they use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Protocol
+
+from webhooks.demo_receiver import DemoReceiver
+
+__all__ = ["run_dev"]
+
+DEMO_PROJECT = "proj_demo"
+DEMO_EVENT_TYPE = "deployment.succeeded"
+DEMO_DATA = '{"deployment_id": "dep_demo", "status": "succeeded"}'
+DEMO_PATH = "/webhooks"
+DELIVERY_DEADLINE_SECONDS = 30.0
+CHILD_STOP_SECONDS = 10.0
+CLI_TIMEOUT_SECONDS = 120.0
+
+_COLORS = ("36", "33", "35", "32", "34", "31")
+
+
+class DevError(Exception):
+    """`webhooks dev` cannot go on; the message is the one ``error:`` line to print."""
+
+
+class _Stoppable(Protocol):
+    url: str
+
+    def stop(self) -> None: ...
+
+
+class _Console:
+    """Whole lines to the terminal from several threads, child output prefixed by its name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._is_color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        self._colors: dict[str, str] = {}
+
+    def say(self, text: str = "") -> None:
+        with self._lock:
+            print(text, flush=True)
+
+    def child(self, name: str, text: str) -> None:
+        prefix = f"{name:<10} |"
+        if self._is_color:
+            color = self._colors.setdefault(name, _COLORS[len(self._colors) % len(_COLORS)])
+            prefix = f"\033[{color}m{prefix}\033[0m"
+        with self._lock:
+            print(f"{prefix} {text}", flush=True)
+
+
+@dataclass
+class _Child:
+    """A process of the Procfile, its output teed to the terminal and to a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    reader: threading.Thread = field(repr=False)
+
+    def signal_group(self, signum: int) -> None:
+        # The child leads its own process group (start_new_session), so its pool and any
+        # helper processes get the signal too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+
+@dataclass
+class _Dev:
+    """The state of one `webhooks dev` run, so that shutdown can undo whatever was started."""
+
+    data_dir: Path
+    console: _Console
+    env: dict[str, str] = field(default_factory=dict)
+    servers: list[_Stoppable] = field(default_factory=list)
+    children: list[_Child] = field(default_factory=list)
+    receiver: DemoReceiver | None = None
+    env_file: Path | None = None
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def start_services(self) -> None:
+        """Point the children at Postgres and Redis, starting embedded ones where unset."""
+        from webhooks import embedded
+
+        self.env = dict(os.environ)
+        if not self.env.get("DATABASE_URL"):
+            started = time.monotonic()
+            postgres = embedded.start_postgres(self.data_dir / "postgres")
+            self.servers.append(postgres)
+            self.env["DATABASE_URL"] = postgres.url
+            self.console.say(
+                f"postgres: embedded, {postgres.url} "
+                f"(ready in {time.monotonic() - started:.1f}s, data in {postgres.log_path.parent})"
+            )
+        else:
+            self.console.say("postgres: DATABASE_URL from the environment")
+        if not self.env.get("CELERY_BROKER_URL"):
+            started = time.monotonic()
+            redis = embedded.start_redis(self.data_dir / "redis")
+            self.servers.append(redis)
+            self.env["CELERY_BROKER_URL"] = redis.url
+            self.console.say(
+                f"redis:    embedded, {redis.url} "
+                f"(ready in {time.monotonic() - started:.1f}s, data in {redis.log_path.parent})"
+            )
+        else:
+            self.console.say("redis:    CELERY_BROKER_URL from the environment")
+        # Development only: the demo receiver is plain http on loopback, which the SSRF guard
+        # refuses everywhere else. Values already in the environment win.
+        self.env.setdefault("WEBHOOKS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+        self.env.setdefault("WEBHOOKS_ALLOW_HTTP", "true")
+        # Children write through a pipe: unbuffered, so their lines show up as they happen.
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def migrate(self) -> None:
+        self.console.say(self.cli("migrate").strip())
+
+    def start_processes(self, flower_port: int) -> None:
+        """Start the Procfile's processes: a worker, the dispatcher and Flower."""
+        _require_free_port(flower_port)
+        celery = [sys.executable, "-m", "celery", "-A", "workers"]
+        queue = self.env.get("WEBHOOKS_QUEUE") or "webhooks"
+        self.spawn(
+            "worker",
+            [*celery, "worker", "-P", "threads", "-c", "8", "-Q", queue, "--loglevel", "INFO"],
+        )
+        self.spawn("dispatcher", [str(_webhooks_command()), "dispatcher"])
+        # No authentication in dev (SPEC: Flower requires it everywhere else), so it listens on
+        # loopback only; WEBHOOKS_DEV tells our Flower configuration that this is dev.
+        self.spawn(
+            "flower",
+            [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
+            extra_env={"WEBHOOKS_DEV": "true"},
+        )
+
+    def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{name}.log"
+        process = subprocess.Popen(  # noqa: S603 - our own commands, fixed arguments
+            argv,
+            env={**self.env, **(extra_env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        reader = threading.Thread(
+            target=self._relay,
+            args=(name, process.stdout, log_path),
+            name=f"dev-{name}-output",
+            daemon=True,
+        )
+        reader.start()
+        self.children.append(_Child(name, process, log_path, reader))
+
+    def _relay(self, name: str, stream: IO[bytes], log_path: Path) -> None:
+        with stream, log_path.open("ab") as log:
+            for raw in iter(stream.readline, b""):
+                log.write(raw)
+                log.flush()
+                self.console.child(name, raw.decode(errors="replace").rstrip())
+
+    # -- the demo ------------------------------------------------------------------------------
+
+    def run_demo(self) -> tuple[str, str]:
+        """Register the demo receiver, publish an event and wait for its delivery.
+
+        Returns:
+            The endpoint id and the event id.
+        """
+        self.receiver = DemoReceiver(path=DEMO_PATH, echo=self.console.say)
+        self.receiver.start()
+        self.retire_earlier_demo_endpoints()
+        endpoint = self.cli_json("endpoint", "add", self.receiver.url, "--project", DEMO_PROJECT)
+        endpoint_id, secret = str(endpoint["id"]), str(endpoint["secret"])
+        self.receiver.secret = secret
+        self.console.say(f"demo endpoint {endpoint_id} -> {self.receiver.url}")
+        published = self.cli_json(
+            "publish", DEMO_EVENT_TYPE, "--project", DEMO_PROJECT, "--data", DEMO_DATA
+        )
+        event_id = str(published["id"])
+        self.console.say(f"published {event_id} ({DEMO_EVENT_TYPE}); waiting for its delivery")
+        self.wait_until_delivered(event_id, endpoint_id)
+        return endpoint_id, event_id
+
+    def retire_earlier_demo_endpoints(self) -> None:
+        # Each run's receiver listens on a new port; endpoints of earlier runs (the database
+        # persists in the data directory) point at dead ports and would fail and retry for
+        # 72 hours, so they are disabled (kept, with their history).
+        listed = self.cli_json("endpoint", "list", "--project", DEMO_PROJECT)
+        for endpoint in listed if isinstance(listed, list) else []:
+            url = str(endpoint.get("url", ""))
+            if endpoint.get("enabled") and url.startswith("http://127.0.0.1:"):
+                self.cli(
+                    "endpoint", "disable", str(endpoint["id"]),
+                    "--reason", "replaced by a newer `webhooks dev` demo receiver",
+                )  # fmt: skip
+
+    def wait_until_delivered(self, event_id: str, endpoint_id: str) -> None:
+        deadline = time.monotonic() + DELIVERY_DEADLINE_SECONDS
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self.check_children()
+            shown = self.cli_json("event", "show", event_id)
+            for delivery in shown.get("deliveries", []):
+                if delivery.get("endpoint_id") == endpoint_id:
+                    last = delivery
+            if last.get("state") == "succeeded":
+                return
+            time.sleep(0.5)
+        attempts = last.get("attempts") or []
+        detail = "no attempt was made"
+        if attempts:
+            final = attempts[-1]
+            detail = (
+                f"last attempt: {final.get('error_kind') or 'status'} "
+                f"{final.get('response_status') or ''} {final.get('error_message') or ''}"
+            )
+        raise DevError(
+            f"the demo event {event_id} was not delivered within "
+            f"{DELIVERY_DEADLINE_SECONDS:.0f}s ({' '.join(detail.split())}); "
+            f"see the logs in {self.data_dir / 'logs'}"
+        )
+
+    def print_summary(self, event_id: str, endpoint_id: str, flower_port: int) -> None:
+        self.console.say()
+        self.console.say(f"$ webhooks attempts {event_id}")
+        self.console.say(self.cli("attempts", event_id).rstrip())
+        self.env_file = self.write_env_file()
+        assert self.receiver is not None
+        command = _webhooks_command()
+        data = '{"deployment_id": "dep_2", "status": "succeeded"}'
+        self.console.say(
+            "\n".join(
+                [
+                    "",
+                    "webhooks dev is running:",
+                    f"  Flower          http://127.0.0.1:{flower_port}",
+                    f"  demo endpoint   {endpoint_id} -> {self.receiver.url} ({DEMO_PROJECT})",
+                    f"  logs            {self.data_dir / 'logs'}",
+                    "",
+                    "Publish more from another terminal:",
+                    f"  . {_shell_path(self.env_file)}",
+                    f"  {_shell_path(command)} publish {DEMO_EVENT_TYPE} "
+                    f"--project {DEMO_PROJECT} --data {shlex.quote(data)}",
+                    "",
+                    "Press Ctrl-C to stop.",
+                ]
+            )
+        )
+
+    def write_env_file(self) -> Path:
+        """Write the settings another terminal needs to reach this run's services."""
+        names = (
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "WEBHOOKS_ALLOWED_NETWORKS",
+            "WEBHOOKS_ALLOW_HTTP",
+        )
+        path = self.data_dir / "env"
+        lines = [f"export {name}={shlex.quote(self.env[name])}" for name in names]
+        path.write_text("# written by `webhooks dev`; valid while it runs\n" + "\n".join(lines))
+        return path
+
+    # -- running -------------------------------------------------------------------------------
+
+    def check_children(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise DevError(
+                    f"{child.name} exited with code {code}; see its output above or in "
+                    f"{child.log_path}"
+                )
+
+    def wait_for_interrupt(self) -> None:
+        while True:
+            self.check_children()
+            time.sleep(0.5)
+
+    def cli(self, *args: str) -> str:
+        """Run ``webhooks ARGS`` with this run's environment; return its stdout."""
+        argv = [str(_webhooks_command()), *args]
+        try:
+            result = subprocess.run(  # noqa: S603 - our own command, fixed arguments
+                argv,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DevError(f"`webhooks {args[0]}` did not finish in {exc.timeout:.0f}s") from exc
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            message = lines[-1] if lines else f"exit code {result.returncode}"
+            message = message.removeprefix("error:").strip()
+            raise DevError(f"`webhooks {' '.join(args[:2])}` failed: {message}")
+        return result.stdout
+
+    def cli_json(self, *args: str) -> Any:
+        output = self.cli(*args, "--json")
+        try:
+            return json.loads(output)
+        except ValueError as exc:
+            raise DevError(f"`webhooks {' '.join(args[:2])} --json` printed no JSON") from exc
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the children (SIGTERM, then SIGKILL), the receiver, then the servers."""
+        if self.children:
+            self.console.say("stopping...")
+        for child in self.children:
+            if child.process.poll() is None:
+                child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + CHILD_STOP_SECONDS
+        for child in self.children:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.console.say(f"{child.name} did not stop in time; killing it")
+                child.signal_group(signal.SIGKILL)
+                child.process.wait(5)
+            # A worker's pool may outlive its parent by a moment; nothing of the group stays.
+            child.signal_group(signal.SIGKILL)
+            child.reader.join(2)
+        if self.receiver is not None:
+            self.receiver.stop()
+        for server in reversed(self.servers):
+            server.stop()
+        if self.env_file is not None:
+            self.env_file.unlink(missing_ok=True)
+
+
+def run_dev(*, data_dir: Path, flower_port: int = 5555, stop_after_demo: bool = False) -> int:
+    """Run `webhooks dev` until Ctrl-C; return the exit code.
+
+    Args:
+        data_dir: where embedded servers keep their data and children their logs.
+        flower_port: Flower's port on 127.0.0.1.
+        stop_after_demo: return as soon as the demo event is delivered (for tests and CI).
+
+    Returns:
+        0 once the demo event was delivered (and, unless ``stop_after_demo``, after Ctrl-C),
+        1 otherwise, after one ``error:`` line on stderr.
+    """
+    from webhooks.embedded import EmbeddedServerError
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    dev = _Dev(data_dir=data_dir, console=_Console())
+    is_delivered = False
+    try:
+        with _stop_signals():
+            dev.start_services()
+            dev.migrate()
+            dev.start_processes(flower_port)
+            endpoint_id, event_id = dev.run_demo()
+            is_delivered = True
+            dev.print_summary(event_id, endpoint_id, flower_port)
+            if not stop_after_demo:
+                dev.wait_for_interrupt()
+    except KeyboardInterrupt:
+        if not is_delivered:
+            _error("interrupted before the demo event was delivered")
+    except (DevError, EmbeddedServerError) as exc:
+        _error(str(exc))
+        return 1
+    finally:
+        with _stop_signals(ignore=True):
+            dev.shutdown()
+    return 0 if is_delivered else 1
+
+
+def _error(message: str) -> None:
+    print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _stop_signals(*, ignore: bool = False) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt (or ignore them, while shutting down).
+
+    SIGINT gets a handler of its own too: a shell starts background commands with SIGINT
+    ignored, and Python then never raises KeyboardInterrupt, so `webhooks dev` could not be
+    stopped the way the banner says. While shutting down, a second Ctrl-C must not abandon
+    the children half-stopped (shutdown is bounded by its own timeouts).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    handler: Any = signal.SIG_IGN if ignore else interrupt
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _webhooks_command() -> Path:
+    # The console script next to this interpreter: works in a venv that was never activated.
+    beside = Path(sys.executable).with_name("webhooks")
+    if beside.exists():
+        return beside
+    found = shutil.which("webhooks")
+    if found is None:
+        raise DevError("the `webhooks` command is not installed; run: pip install -e .")
+    return Path(found)
+
+
+def _require_free_port(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DevError(
+                f"port {port} (Flower) is in use; stop what uses it or pass --flower-port"
+            ) from exc
+
+
+def _shell_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(path.relative_to(Path.cwd())))
+    return shlex.quote(str(path))
