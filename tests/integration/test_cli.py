@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import wait_for_state
-from tests.processes import BIN
+from tests.helpers import cli_ok, run_cli, wait_for_state
 from tests.receiver import Receiver
 from webhooks.settings import Settings
 
 STACK_ENV = {"WEBHOOKS_RETRY_SCHEDULE": "1s", "WEBHOOKS_RETRY_WINDOW": "1s"}
 
 
-def run(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "webhooks"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
-
-
-def ok(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
-    result = run(env, *args, stdin=stdin)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout) if "--json" in args else result.stdout
+run = run_cli
+ok = cli_ok
 
 
 def assert_one_line_error(

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, new_endpoint, publish_one, wait_for_state
+from tests.helpers import attempts, cli_ok, new_endpoint, publish_one, wait_for_state
 from tests.polling import wait_for
-from tests.processes import BIN, Stack
+from tests.processes import Stack
 from tests.receiver import Receiver
 from webhooks.settings import Settings
 
@@ -38,25 +34,18 @@ def test_rate_limited_endpoint_is_paced_across_two_dispatchers_and_two_workers(
     new_endpoint(engine, settings, receiver.url(path + "/warm"), warm_up)
     for _ in range(4):
         wait_for_state(engine, settings, publish_one(engine, settings, warm_up), "succeeded")
-    added = subprocess.run(
-        [
-            str(BIN / "webhooks"),
-            "endpoint",
-            "add",
-            receiver.url(path),
-            "--project",
-            project,
-            "--rate-limit",
-            str(RATE),
-            "--json",
-        ],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+    added = cli_ok(
+        env,
+        "endpoint",
+        "add",
+        receiver.url(path),
+        "--project",
+        project,
+        "--rate-limit",
+        str(RATE),
+        "--json",
     )
-    assert json.loads(added.stdout)["rate_limit"] == RATE
+    assert added["rate_limit"] == RATE
     events = [publish_one(engine, settings, project, data={"i": i}) for i in range(EVENTS)]
 
     wait_for(lambda: len(receiver.received(path)) >= EVENTS, timeout=30, what="all deliveries")

@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 import standardwebhooks
 import svix.webhooks
 from sqlalchemy.engine import Engine
 
-from tests.helpers import publish_one, wait_for_state
-from tests.processes import BIN, Stack
+from tests.helpers import cli_ok, publish_one, wait_for_state
+from tests.processes import Stack
 from tests.receiver import Receiver
 from webhooks.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("stack")
 
 
-def cli(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [str(BIN / "webhooks"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout + result.stderr
+cli = cli_ok
+
+
+def as_text(output: object) -> str:
+    return output if isinstance(output, str) else json.dumps(output)
 
 
 def test_rotated_endpoint_signs_with_old_and_new_secret_and_both_libraries_verify(
@@ -39,10 +32,8 @@ def test_rotated_endpoint_signs_with_old_and_new_secret_and_both_libraries_verif
     project: str,
     path: str,
 ) -> None:
-    added = json.loads(
-        cli(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
-    )
-    rotated = json.loads(cli(env, "endpoint", "rotate-secret", added["id"], "--json"))
+    added = cli(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
+    rotated = cli(env, "endpoint", "rotate-secret", added["id"], "--json")
     event_id = publish_one(engine, settings, project)
     wait_for_state(engine, settings, event_id, "succeeded")
 
@@ -61,12 +52,8 @@ def test_after_the_grace_period_only_the_new_secret_signs(
     project: str,
     path: str,
 ) -> None:
-    added = json.loads(
-        cli(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
-    )
-    rotated = json.loads(
-        cli(env, "endpoint", "rotate-secret", added["id"], "--grace", "0s", "--json")
-    )
+    added = cli(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
+    rotated = cli(env, "endpoint", "rotate-secret", added["id"], "--grace", "0s", "--json")
     event_id = publish_one(engine, settings, project)
     wait_for_state(engine, settings, event_id, "succeeded")
     [request] = receiver.received(path)
@@ -85,13 +72,9 @@ def test_no_secret_in_any_log_line_or_cli_output_of_a_full_run(
     path: str,
 ) -> None:
     receiver.script(path, [500, 200])
-    added = json.loads(
-        cli(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
-    )
+    added = cli(env, "endpoint", "add", receiver.url(path), "--project", project, "--json")
     secrets = [added["secret"]]
-    secrets.append(
-        json.loads(cli(env, "endpoint", "rotate-secret", added["id"], "--json"))["secret"]
-    )
+    secrets.append((cli(env, "endpoint", "rotate-secret", added["id"], "--json"))["secret"])
     event_id = publish_one(engine, settings, project)
     wait_for_state(engine, settings, event_id, "succeeded")
     cli(env, "replay", event_id)
@@ -107,8 +90,8 @@ def test_no_secret_in_any_log_line_or_cli_output_of_a_full_run(
         cli(env, "endpoint", "enable", added["id"]),
         stack.logs(tail=None),
     ]
-    assert "attempt.recorded" in outputs[-1]  # the logs really were read
+    assert "attempt.recorded" in as_text(outputs[-1])  # the logs really were read
     for secret in secrets:
         key_part = secret.removeprefix("whsec_")
         for output in outputs:
-            assert key_part not in output
+            assert key_part not in as_text(output)
