@@ -442,6 +442,73 @@ def report_replay(count: int, as_json: bool, *, dry_run: bool) -> None:
         click.echo(f"queued {count} deliveries for replay")
 
 
+# -- operations --------------------------------------------------------------------------------
+
+
+@cli.command("prune")
+@click.option("--older-than", required=True, help="Delete history older than this (30d).")
+@click.option("--batch-size", default=5000, show_default=True, help="Rows per transaction.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@json_option
+@pass_context
+def prune_command(
+    ctx: Context, older_than: str, batch_size: int, dry_run: bool, as_json: bool
+) -> None:
+    """Delete old attempts, and old events whose deliveries are all finished."""
+    from webhooks.retention import prune
+
+    age = parse_duration(older_than, name="--older-than")
+    with translate_errors(ctx.settings):
+        report = prune(
+            ctx.engine, ctx.settings, older_than=age, batch_size=batch_size, dry_run=dry_run
+        )
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(report.summary())
+
+
+@cli.command("doctor")
+@click.option("--backlog-age", default="60s", show_default=True, help="Oldest due age allowed.")
+@click.option(
+    "--heartbeat-age", default="30s", show_default=True, help="Dispatcher silence allowed."
+)
+@click.option("--timeout", default="3s", show_default=True, help="Per check.")
+@json_option
+@pass_context
+def doctor_command(
+    ctx: Context, backlog_age: str, heartbeat_age: str, timeout: str, as_json: bool
+) -> None:
+    """Check the database, schema, broker, workers, dispatchers and backlog; exit 1 if unwell."""
+    from workers.doctor import checks_json, run_checks, verdict
+
+    checks = run_checks(
+        ctx.settings,
+        backlog_age=parse_duration(backlog_age, name="--backlog-age"),
+        heartbeat_age=parse_duration(heartbeat_age, name="--heartbeat-age"),
+        timeout=parse_duration(timeout, name="--timeout"),
+    )
+    code, text = verdict(checks)
+    click.echo(checks_json(checks) if as_json else text)
+    raise SystemExit(code)
+
+
+@cli.command("stats")
+@click.option("--top", default=10, show_default=True, help="How many endpoints to list.")
+@json_option
+@pass_context
+def stats_command(ctx: Context, top: int, as_json: bool) -> None:
+    """Deliveries by state, backlog, and endpoint health."""
+    from webhooks.stats import delivery_stats, format_stats
+
+    with ctx.transaction() as conn:
+        stats = delivery_stats(conn, ctx.settings, top=top)
+    if as_json:
+        emit_json(stats)
+    else:
+        click.echo(format_stats(stats))
+
+
 # -- processes ---------------------------------------------------------------------------------
 
 
@@ -452,7 +519,7 @@ def dispatcher_command(ctx: Context) -> None:
     from webhooks.logs import configure_logging
     from workers.dispatcher import run_dispatcher
 
-    configure_logging()
+    configure_logging(json_format=ctx.settings.log_format == "json")
     run_dispatcher(ctx.settings)
 
 

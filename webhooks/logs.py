@@ -26,10 +26,15 @@ class KeyValueFormatter(logging.Formatter):
         return f"{base} {extras}" if extras else base
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Send our logs to stderr, one line per event."""
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def configure_logging(level: int = logging.INFO, *, json_format: bool = False) -> None:
+    """Send our logs to stderr, one line per event (JSON with `WEBHOOKS_LOG_FORMAT=json`)."""
+    from webhooks.json_logs import JsonFormatter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_format else KeyValueFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -84,6 +84,14 @@ def parse_count(text: str, name: str) -> int:
     return int(text)
 
 
+def parse_choice(text: str, choices: tuple[str, ...], name: str) -> str:
+    """Return ``text`` lowercased if it is one of ``choices``."""
+    value = text.strip().lower()
+    if value not in choices:
+        raise ConfigurationError(f"{name}={text!r} must be one of {', '.join(choices)}")
+    return value
+
+
 def validate_schema_name(text: str) -> str:
     """Return ``text`` if it is a safe, unquoted Postgres schema name."""
     if not _SCHEMA_NAME.match(text):
@@ -128,6 +136,7 @@ class Settings:
     endpoint_concurrency: int = 10
     breaker_threshold: int = 5
     breaker_cooldown: timedelta = timedelta(seconds=30)
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -187,5 +196,8 @@ class Settings:
             ),
             breaker_cooldown=parse_duration(
                 get("WEBHOOKS_BREAKER_COOLDOWN", "30s"), name="WEBHOOKS_BREAKER_COOLDOWN"
+            ),
+            log_format=parse_choice(
+                get("WEBHOOKS_LOG_FORMAT", "text"), ("text", "json"), "WEBHOOKS_LOG_FORMAT"
             ),
         )

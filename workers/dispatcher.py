@@ -28,12 +28,15 @@ from webhooks import clock
 from webhooks.admission import CAPACITY_RECHECK
 from webhooks.claims import Claim, claim_due, next_due_at, reap_expired_leases, release_claims
 from webhooks.database import create_engine
+from webhooks.heartbeats import beat, forget, new_dispatcher_id
 from webhooks.outbox import channel
 from webhooks.settings import Settings
 
 log = logging.getLogger("webhooks.dispatcher")
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+# How often a dispatcher says it is alive (`webhooks doctor` reads it).
+HEARTBEAT_EVERY = 5.0
 
 
 @dataclass
@@ -78,6 +81,8 @@ class Dispatcher:
         self.engine = engine or create_engine(settings, pool_size=2)
         self._stopping = threading.Event()
         self._listener: psycopg.Connection[Any] | None = None
+        self.id = new_dispatcher_id()
+        self._last_beat = float("-inf")
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick and return."""
@@ -112,8 +117,16 @@ class Dispatcher:
     def run(self) -> None:
         """Loop until stopped, surviving database and broker outages."""
         failures = 0
+        started = False
         while not self._stopping.is_set():
             try:
+                if self._beat() and not started:
+                    # Only now is it visible to `webhooks doctor`: say so once.
+                    log.info(
+                        "dispatcher.started",
+                        extra={"schema": self.settings.db_schema, "queue": self.settings.queue},
+                    )
+                    started = True
                 result = self.tick()
                 failures = 0
                 if result.claimed >= self.settings.dispatch_batch_size:
@@ -131,7 +144,17 @@ class Dispatcher:
                 self._close_listener()
                 self._stopping.wait(delay)
         self._close_listener()
+        with contextlib.suppress(sa.exc.DBAPIError), self.engine.begin() as conn:
+            forget(conn, self.settings, self.id)
         self.engine.dispose()
+
+    def _beat(self) -> bool:
+        """Record a heartbeat if one is due; True once at least one has been recorded."""
+        if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
+            with self.engine.begin() as conn:
+                beat(conn, self.settings, self.id, clock.now())
+            self._last_beat = time.monotonic()
+        return True
 
     def _seconds_until_next_due(self) -> float:
         poll = self.settings.dispatch_poll_interval.total_seconds()
@@ -183,6 +206,5 @@ def run_dispatcher(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("dispatcher.started", extra={"schema": settings.db_schema, "queue": settings.queue})
     dispatcher.run()
     log.info("dispatcher.stopped")

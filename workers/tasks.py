@@ -14,7 +14,9 @@ from celery.signals import after_setup_logger, worker_process_init, worker_ready
 
 from webhooks.attempts import run_attempt
 from webhooks.claims import Claim
+from webhooks.json_logs import JsonFormatter
 from webhooks.logs import KeyValueFormatter, quiet_libraries
+from webhooks.settings import Settings
 from workers.app import app
 from workers.resources import close_resources, get_resources
 
@@ -61,8 +63,10 @@ def _close_on_shutdown(**_: Any) -> None:
 
 @after_setup_logger.connect
 def _log_ids(logger: logging.Logger, **_: Any) -> None:
-    # Celery's formatter drops `extra`; ours appends the ids (delivery_id=… attempt=…).
+    # Celery's formatter drops `extra`; ours appends the ids (delivery_id=… attempt=…), or
+    # writes JSON lines with WEBHOOKS_LOG_FORMAT=json.
+    json_format = Settings.from_env().log_format == "json"
     for handler in logger.handlers:
         fmt = handler.formatter._fmt if handler.formatter else None
-        handler.setFormatter(KeyValueFormatter(fmt))
+        handler.setFormatter(JsonFormatter() if json_format else KeyValueFormatter(fmt))
     quiet_libraries()

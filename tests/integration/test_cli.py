@@ -297,3 +297,26 @@ def test_bulk_replay_of_failed_deliveries_with_dry_run_and_progress(
     assert ok(
         env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status", "failed", "--json"
     ) == {"queued": 0}
+
+
+@pytest.mark.usefixtures("stack")
+def test_doctor_stats_and_prune_answer_an_operator(env: dict[str, str]) -> None:
+    from tests.polling import wait_for
+
+    # The dispatcher beats every few seconds; the doctor is healthy once it has.
+    wait_for(lambda: run(env, "doctor").returncode == 0, timeout=20, what="a healthy doctor")
+    doctor = run(env, "doctor", "--json")
+    assert json.loads(doctor.stdout)["healthy"] is True
+    stats = ok(env, "stats", "--json")
+    assert set(stats["deliveries"]) == {"pending", "delivering", "succeeded", "failed", "total"}
+    assert stats["deliveries"]["total"] >= 1  # earlier tests of this module delivered
+    assert {"enabled", "disabled", "breakers_open"} <= set(stats["endpoints"])
+    assert "healthy: all 6 checks passed" in ok(env, "doctor")
+    pruned = ok(env, "prune", "--older-than", "30d", "--dry-run", "--json")
+    assert pruned["dry_run"] is True
+
+
+def test_doctor_exits_1_when_the_broker_is_down(env: dict[str, str]) -> None:
+    result = run({**env, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}, "doctor", "--timeout", "1s")
+    assert result.returncode == 1
+    assert "broker" in result.stdout

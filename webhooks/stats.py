@@ -1,0 +1,159 @@
+"""`webhooks stats`: deliveries by state, overall and for the endpoints failing most, and
+endpoint health (enabled, disabled, breakers open), plus the due backlog.
+
+One read-only snapshot; counting deliveries by state scans the table, so this is an operator's
+command (seconds on tens of millions of rows), not something to poll every second: the
+Prometheus metrics are for that.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from webhooks import clock
+from webhooks.database import sql
+from webhooks.settings import Settings
+
+STATES = ("pending", "delivering", "succeeded", "failed")
+
+BY_STATE = "SELECT state, count(*) AS n FROM {s}.deliveries GROUP BY state"
+ENDPOINTS = """
+SELECT count(*) FILTER (WHERE enabled) AS enabled,
+       count(*) FILTER (WHERE NOT enabled) AS disabled,
+       count(*) FILTER (WHERE breaker_open_until > :now) AS breakers_open
+FROM {s}.endpoints
+"""
+BACKLOG = """
+SELECT count(*) AS due, min(d.next_attempt_at) AS oldest
+FROM {s}.deliveries d
+JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
+WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+"""
+# The endpoints with the most failed deliveries (then the most pending: a disabled endpoint
+# holding work), with their counts by state.
+TOP_ENDPOINTS = """
+WITH counts AS (
+    SELECT endpoint_id,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'delivering') AS delivering,
+           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') AS failed
+    FROM {s}.deliveries
+    GROUP BY endpoint_id
+)
+SELECT e.id, e.project_id, e.enabled, e.disabled_reason,
+       coalesce(e.breaker_open_until > :now, false) AS breaker_open,
+       c.pending, c.delivering, c.succeeded, c.failed
+FROM counts c JOIN {s}.endpoints e ON e.id = c.endpoint_id
+WHERE c.failed > 0 OR c.pending > 0
+ORDER BY c.failed DESC, c.pending DESC, e.id
+LIMIT :top
+"""
+
+
+def delivery_stats(
+    conn: Connection, settings: Settings, *, top: int = 10, now: datetime | None = None
+) -> dict[str, Any]:
+    """Return a JSON-ready snapshot of delivery and endpoint health.
+
+    Shape (the ``--json`` output)::
+
+        {"generated_at": "…Z",
+         "deliveries": {"pending": n, "delivering": n, "succeeded": n, "failed": n, "total": n},
+         "endpoints": {"enabled": n, "disabled": n, "breakers_open": n},
+         "backlog": {"due": n, "oldest_due_age_seconds": float | null},
+         "top_endpoints": [{"endpoint_id", "project_id", "enabled", "disabled_reason",
+                            "breaker_open", "pending", "delivering", "succeeded", "failed"}]}
+
+    Args:
+        conn: a connection to the webhooks database.
+        settings: for the schema.
+        top: how many endpoints to list, most failed deliveries first.
+        now: the reference time for the backlog and breakers; the clock's by default.
+    """
+    now = now or clock.now()
+    schema = settings.db_schema
+    by_state = dict.fromkeys(STATES, 0)
+    for row in conn.execute(sql(BY_STATE, schema)):
+        by_state[row.state] = int(row.n)
+    deliveries: dict[str, int] = {**by_state, "total": sum(by_state.values())}
+    endpoints = conn.execute(sql(ENDPOINTS, schema), {"now": now}).one()
+    backlog = conn.execute(sql(BACKLOG, schema), {"now": now}).one()
+    oldest_age = (
+        max((now - backlog.oldest).total_seconds(), 0.0) if backlog.oldest is not None else None
+    )
+    top_endpoints = [
+        {
+            "endpoint_id": row.id,
+            "project_id": row.project_id,
+            "enabled": row.enabled,
+            "disabled_reason": row.disabled_reason,
+            "breaker_open": row.breaker_open,
+            **{state: int(getattr(row, state)) for state in STATES},
+        }
+        for row in conn.execute(sql(TOP_ENDPOINTS, schema), {"now": now, "top": top})
+    ]
+    return {
+        "generated_at": now.isoformat().replace("+00:00", "Z"),
+        "deliveries": deliveries,
+        "endpoints": {
+            "enabled": int(endpoints.enabled),
+            "disabled": int(endpoints.disabled),
+            "breakers_open": int(endpoints.breakers_open),
+        },
+        "backlog": {
+            "due": int(backlog.due),
+            "oldest_due_age_seconds": round(oldest_age, 3) if oldest_age is not None else None,
+        },
+        "top_endpoints": top_endpoints,
+    }
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """Render `delivery_stats` for a terminal: totals, then a table of the top endpoints."""
+    d = stats["deliveries"]
+    e = stats["endpoints"]
+    b = stats["backlog"]
+    age = b["oldest_due_age_seconds"]
+    lines = [
+        f"deliveries  {d['total']} total: {d['pending']} pending, {d['delivering']} delivering, "
+        f"{d['succeeded']} succeeded, {d['failed']} failed",
+        f"endpoints   {e['enabled']} enabled, {e['disabled']} disabled, "
+        f"{e['breakers_open']} with the circuit breaker open",
+        f"backlog     {b['due']} due now"
+        + (f", the oldest waiting {age:.1f}s" if age is not None else ""),
+    ]
+    rows = stats["top_endpoints"]
+    if not rows:
+        lines.append("no endpoint has failed or pending deliveries")
+        return "\n".join(lines)
+    headers = ("ENDPOINT", "PROJECT", "STATUS", *(s.upper() for s in STATES))
+    table = [
+        (
+            row["endpoint_id"],
+            row["project_id"],
+            _status(row),
+            *(str(row[state]) for state in STATES),
+        )
+        for row in rows
+    ]
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *table, strict=False)
+    ]
+    lines.append("")
+    lines.append(f"endpoints with the most failed deliveries (top {len(rows)}):")
+    for cells in (headers, *table):
+        lines.append(
+            "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def _status(row: dict[str, Any]) -> str:
+    if not row["enabled"]:
+        reason = row["disabled_reason"]
+        return f"disabled ({reason})" if reason else "disabled"
+    return "breaker open" if row["breaker_open"] else "enabled"

@@ -1,0 +1,326 @@
+"""`webhooks doctor`: is this deployment able to deliver right now? One verdict, one exit code.
+
+Each check answers one question and says, when it fails, what to do. They run in order and
+each is bounded in time (a few seconds at most), so the doctor can back a liveness or
+readiness probe. A check whose prerequisite failed (no database, no broker) is reported as
+failed with "skipped" in its detail rather than left out, so the summary always has the same
+names:
+
+- ``database``: a connection opens and ``SELECT 1`` answers.
+- ``schema``: the revision in ``<schema>.alembic_version`` is the head of ``schema/versions``.
+- ``broker``: a connection to ``CELERY_BROKER_URL`` opens.
+- ``workers``: at least one Celery worker answers a broadcast and consumes our queue
+  (``WEBHOOKS_QUEUE``). Any worker on the same broker answers a plain ping, including those
+  of other deployments, so the doctor asks each for its queues (``inspect().active_queues``,
+  a ping that also says what the worker listens to).
+- ``dispatcher``: the freshest dispatcher heartbeat (`webhooks.heartbeats`) is recent.
+- ``backlog``: deliveries due now, on enabled endpoints, and how long the oldest has waited.
+  A backlog that ages past the threshold means dispatchers or workers cannot keep up (or are
+  gone). One endpoint at its in-flight cap can also age it: read ``webhooks stats``.
+
+The broker and worker checks talk to Celery, which `webhooks/` otherwise never imports: the
+import is local to those two checks, so the module loads without Celery being configured.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+import schema as schema_package
+from webhooks import clock
+from webhooks.database import describe_url, sql
+from webhooks.settings import Settings
+
+DEFAULT_BACKLOG_AGE = timedelta(seconds=60)
+DEFAULT_HEARTBEAT_AGE = timedelta(seconds=30)
+DEFAULT_TIMEOUT = timedelta(seconds=3)
+# How long workers are given to answer the broadcast (Celery's ping default).
+WORKER_REPLY_TIMEOUT = timedelta(seconds=1)
+
+BACKLOG = """
+SELECT count(*) AS due, min(d.next_attempt_at) AS oldest
+FROM {s}.deliveries d
+JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
+WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+"""
+FRESHEST_BEAT = "SELECT count(*) AS n, max(seen_at) AS seen_at FROM {s}.dispatchers"
+
+
+@dataclass(frozen=True)
+class Check:
+    """The answer to one question: its name, whether it passed, and what was found."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(
+    settings: Settings,
+    *,
+    backlog_age: timedelta = DEFAULT_BACKLOG_AGE,
+    heartbeat_age: timedelta = DEFAULT_HEARTBEAT_AGE,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+    now: datetime | None = None,
+) -> list[Check]:
+    """Run every check in order and return their results; never raises for a failed check.
+
+    Args:
+        settings: the deployment to check.
+        backlog_age: the oldest due delivery may wait this long before the check fails.
+        heartbeat_age: the freshest dispatcher heartbeat may be this old.
+        timeout: the limit for connecting to Postgres and to the broker (workers are
+            given `WORKER_REPLY_TIMEOUT` to answer).
+        now: the reference time for ages; the clock's by default.
+    """
+    checks: list[Check] = []
+    engine = sa.create_engine(
+        settings.database_url,
+        poolclass=NullPool,
+        connect_args={"connect_timeout": max(1, round(timeout.total_seconds()))},
+    )
+    try:
+        database = _guard("database", lambda: _check_database(engine, settings))
+        checks.append(database)
+        if database.ok:
+            checks.append(_guard("schema", lambda: _check_schema(engine, settings)))
+        else:
+            checks.append(Check("schema", False, "skipped: the database is unreachable"))
+        broker = _guard("broker", lambda: _check_broker(settings, timeout))
+        checks.append(broker)
+        if broker.ok:
+            checks.append(_guard("workers", lambda: _check_workers(settings, timeout)))
+        else:
+            checks.append(Check("workers", False, "skipped: the broker is unreachable"))
+        schema_ok = all(c.ok for c in checks if c.name in ("database", "schema"))
+        reference = now or clock.now()
+        for name, check in (
+            ("dispatcher", lambda: _check_heartbeat(engine, settings, heartbeat_age, reference)),
+            ("backlog", lambda: _check_backlog(engine, settings, backlog_age, reference)),
+        ):
+            if schema_ok:
+                checks.append(_guard(name, check))
+            else:
+                checks.append(Check(name, False, "skipped: the schema is not ready"))
+    finally:
+        engine.dispose()
+    return checks
+
+
+def verdict(checks: list[Check]) -> tuple[int, str]:
+    """Return the exit code (0 healthy, 1 unhealthy) and a summary to print.
+
+    The summary has one line per check (``ok`` or ``FAIL``, name, detail) and a last line
+    with the verdict and the names of the failed checks.
+    """
+    width = max((len(c.name) for c in checks), default=0)
+    lines = [f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in checks]
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        lines.append(
+            f"unhealthy: {len(failed)} of {len(checks)} checks failed ({', '.join(failed)})"
+        )
+        return 1, "\n".join(lines)
+    lines.append(f"healthy: all {len(checks)} checks passed")
+    return 0, "\n".join(lines)
+
+
+def checks_json(checks: list[Check]) -> str:
+    """The ``--json`` form: ``{"healthy": bool, "checks": [{"name", "ok", "detail"}]}``."""
+    return json.dumps(
+        {"healthy": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}, indent=2
+    )
+
+
+def head_revision() -> str:
+    """The newest revision in ``schema/versions`` (what `webhooks migrate` would install)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(schema_package.__file__).parent))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    return str(head)
+
+
+def _guard(name: str, check: Callable[[], Check]) -> Check:
+    # A check that breaks in an unforeseen way is a failed check, not a crashed doctor.
+    try:
+        return check()
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Check(name, False, f"{type(exc).__name__}: {reason}")
+
+
+def _check_database(engine: Engine, settings: Settings) -> Check:
+    where = describe_url(settings.database_url)
+    started = time.monotonic()
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        return Check(
+            "database",
+            False,
+            f"cannot reach Postgres at {where}: {reason}; check DATABASE_URL and the server",
+        )
+    return Check("database", True, f"{where} answered in {_ms(started)} ms")
+
+
+def _check_schema(engine: Engine, settings: Settings) -> Check:
+    head = head_revision()
+    with engine.connect() as conn:
+        exists = conn.execute(
+            sa.text("SELECT to_regclass(:table) IS NOT NULL"),
+            {"table": f'"{settings.db_schema}".alembic_version'},
+        ).scalar_one()
+        current = (
+            conn.execute(
+                sql("SELECT version_num FROM {s}.alembic_version", settings.db_schema)
+            ).scalar_one_or_none()
+            if exists
+            else None
+        )
+    if current is None:
+        return Check(
+            "schema",
+            False,
+            f'schema "{settings.db_schema}" is not migrated (head is {head}); '
+            "run `webhooks migrate`",
+        )
+    if current != head:
+        return Check(
+            "schema",
+            False,
+            f'schema "{settings.db_schema}" is at revision {current}, the code expects {head}; '
+            "run `webhooks migrate` (before starting new workers)",
+        )
+    return Check("schema", True, f'schema "{settings.db_schema}" is at head revision {head}')
+
+
+def _check_broker(settings: Settings, timeout: timedelta) -> Check:
+    seconds = timeout.total_seconds()
+    where = _describe_broker(settings.broker_url)
+    started = time.monotonic()
+    app = _celery_app(settings, timeout)
+    try:
+        # The app's kombu Connection, with the transport options workers use.
+        with app.connection_for_write(settings.broker_url) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=seconds)
+    except Exception as exc:
+        reason = (str(exc).strip() or type(exc).__name__).rstrip(".")
+        return Check(
+            "broker",
+            False,
+            f"cannot reach the broker at {where}: {reason}; check CELERY_BROKER_URL",
+        )
+    finally:
+        app.close()
+    return Check("broker", True, f"{where} answered in {_ms(started)} ms")
+
+
+def _check_workers(settings: Settings, timeout: timedelta) -> Check:
+    app = _celery_app(settings, timeout)
+    try:
+        # Replies are collected until the timeout: it is the check's duration, not a limit.
+        replies: dict[str, Any] = (
+            app.control.inspect(timeout=WORKER_REPLY_TIMEOUT.total_seconds()).active_queues() or {}
+        )
+    finally:
+        app.close()
+    ours = sorted(
+        worker
+        for worker, queues in replies.items()
+        if any(q.get("name") == settings.queue for q in queues or ())
+    )
+    if not ours:
+        others = f" ({len(replies)} other workers answered)" if replies else ""
+        return Check(
+            "workers",
+            False,
+            f"no worker consumes queue {settings.queue!r}{others}; start `celery -A workers "
+            "worker` with the same WEBHOOKS_QUEUE and CELERY_BROKER_URL",
+        )
+    shown = ", ".join(ours[:5]) + (", …" if len(ours) > 5 else "")
+    return Check("workers", True, f"{len(ours)} on queue {settings.queue!r}: {shown}")
+
+
+def _celery_app(settings: Settings, timeout: timedelta) -> Any:
+    """A private Celery app for these settings (the shared one reads the environment).
+
+    Connections are opened with ``settings.broker_url`` explicitly: Celery's own
+    ``broker_url`` prefers the ``CELERY_BROKER_URL`` environment variable over its config.
+    """
+    from celery import Celery
+
+    from workers.app import celery_config
+
+    app = Celery("webhooks-doctor", set_as_current=False)
+    app.conf.update(celery_config(settings), broker_connection_timeout=timeout.total_seconds())
+    return app
+
+
+def _check_heartbeat(engine: Engine, settings: Settings, limit: timedelta, now: datetime) -> Check:
+    with engine.connect() as conn:
+        row = conn.execute(sql(FRESHEST_BEAT, settings.db_schema)).one()
+    if row.seen_at is None:
+        return Check(
+            "dispatcher", False, "no dispatcher has ever reported; start `webhooks dispatcher`"
+        )
+    age = now - row.seen_at
+    detail = f"freshest heartbeat {_age(age)} ago ({row.n} dispatcher rows)"
+    if age > limit:
+        return Check(
+            "dispatcher",
+            False,
+            f"{detail}, over {_age(limit)}: no dispatcher is running, or it is stuck",
+        )
+    return Check("dispatcher", True, detail)
+
+
+def _check_backlog(engine: Engine, settings: Settings, limit: timedelta, now: datetime) -> Check:
+    with engine.connect() as conn:
+        row = conn.execute(sql(BACKLOG, settings.db_schema), {"now": now}).one()
+    if not row.due:
+        return Check("backlog", True, "nothing due is waiting")
+    age = max(now - row.oldest, timedelta(0))
+    detail = f"{row.due} due deliveries waiting, the oldest for {_age(age)}"
+    if age > limit:
+        return Check(
+            "backlog",
+            False,
+            f"{detail} (over {_age(limit)}): dispatchers or workers are not keeping up; "
+            "see `webhooks stats`",
+        )
+    return Check("backlog", True, detail)
+
+
+def _describe_broker(url: str) -> str:
+    """The broker URL without its password."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url.split("@")[-1]
+
+
+def _ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _age(age: timedelta) -> str:
+    seconds = age.total_seconds()
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
