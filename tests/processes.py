@@ -50,12 +50,14 @@ class Stack:
     logdir: Path
     processes: list[Process] = field(default_factory=list)
 
-    def _spawn(self, name: str, argv: list[str]) -> Process:
+    def _spawn(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> Process:
         log = self.logdir / f"{name}-{len(self.processes)}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
             argv,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(extra_env or {})},
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -66,7 +68,9 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_worker(self, concurrency: int = 8) -> Process:
+    def start_worker(
+        self, concurrency: int = 8, extra_env: dict[str, str] | None = None
+    ) -> Process:
         name = f"worker{len(self.processes)}"
         process = self._spawn(
             name,
@@ -87,6 +91,7 @@ class Stack:
                 "--without-mingle",
                 "-E",
             ],
+            extra_env,
         )
         wait_for(
             lambda: " ready." in process.output() or process.popen.poll() is not None,
@@ -96,8 +101,8 @@ class Stack:
         assert process.popen.poll() is None, process.output()
         return process
 
-    def start_dispatcher(self) -> Process:
-        process = self._spawn("dispatcher", [str(BIN / "webhooks"), "dispatcher"])
+    def start_dispatcher(self, extra_env: dict[str, str] | None = None) -> Process:
+        process = self._spawn("dispatcher", [str(BIN / "webhooks"), "dispatcher"], extra_env)
         wait_for(
             lambda: "dispatcher.started" in process.output() or process.popen.poll() is not None,
             timeout=20,

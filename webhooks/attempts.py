@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from webhooks import __version__, clock
 from webhooks.claims import AttemptJob, Claim, begin_attempt, record_attempt
 from webhooks.delivery import DeliveryOutcome, HttpSender
+from webhooks.metrics import observe_attempt
 from webhooks.models import rfc3339
 from webhooks.settings import Settings
 from webhooks.signing import signature_header
@@ -83,12 +84,19 @@ def run_attempt(
             "attempt.skipped",
             extra={"delivery_id": claim.delivery_id, "claim": claim.claim_token},
         )
+        observe_attempt(state=None, error_kind=None, trigger=claim.trigger, seconds=None)
         return AttemptReport(delivery_id=claim.delivery_id, attempt=None, skipped=True)
     started_at = clock.now()
     headers = request_headers(job, int(started_at.timestamp()))
     outcome = sender.send(job.url, headers, job.payload)
     recorded = _record_with_retries(engine, settings, job, outcome, started_at, headers)
     duration_ms = round(outcome.duration.total_seconds() * 1000)
+    observe_attempt(
+        state=recorded.state,
+        error_kind=outcome.error_kind,
+        trigger=claim.trigger,
+        seconds=outcome.duration.total_seconds(),
+    )
     log.info(
         "attempt.recorded",
         extra={

@@ -137,6 +137,7 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooldown: timedelta = timedelta(seconds=30)
     log_format: str = "text"
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -196,6 +197,11 @@ class Settings:
             ),
             breaker_cooldown=parse_duration(
                 get("WEBHOOKS_BREAKER_COOLDOWN", "30s"), name="WEBHOOKS_BREAKER_COOLDOWN"
+            ),
+            metrics_port=(
+                parse_count(env["WEBHOOKS_METRICS_PORT"], "WEBHOOKS_METRICS_PORT")
+                if env.get("WEBHOOKS_METRICS_PORT")
+                else None
             ),
             log_format=parse_choice(
                 get("WEBHOOKS_LOG_FORMAT", "text"), ("text", "json"), "WEBHOOKS_LOG_FORMAT"

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from webhooks import clock
+from webhooks import clock, metrics
 from webhooks.admission import CAPACITY_RECHECK
 from webhooks.claims import Claim, claim_due, next_due_at, reap_expired_leases, release_claims
 from webhooks.database import create_engine
@@ -96,6 +96,8 @@ class Dispatcher:
             batch = claim_due(conn, self.settings, now, self.settings.dispatch_batch_size)
         if reaped:
             log.warning("dispatcher.leases_expired", extra={"count": reaped})
+            metrics.LEASES_EXPIRED.inc(reaped)
+        metrics.CLAIMED.inc(len(batch.claims))
         sent = self._send(batch.claims)
         return TickResult(reaped, len(batch.claims), sent, batch.waiting)
 
@@ -152,7 +154,9 @@ class Dispatcher:
         """Record a heartbeat if one is due; True once at least one has been recorded."""
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
             with self.engine.begin() as conn:
-                beat(conn, self.settings, self.id, clock.now())
+                now = clock.now()
+                beat(conn, self.settings, self.id, now)
+                metrics.refresh_gauges(conn, self.settings, now)
             self._last_beat = time.monotonic()
         return True
 
@@ -199,6 +203,7 @@ def run_dispatcher(settings: Settings) -> None:
     from workers.app import app
 
     dispatcher = Dispatcher(settings, app)
+    metrics.serve(settings)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("dispatcher.stopping", extra={"signal": signum})

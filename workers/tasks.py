@@ -12,6 +12,7 @@ from typing import Any
 
 from celery.signals import after_setup_logger, worker_process_init, worker_ready, worker_shutdown
 
+from webhooks import metrics
 from webhooks.attempts import run_attempt
 from webhooks.claims import Claim
 from webhooks.json_logs import JsonFormatter
@@ -48,12 +49,18 @@ def deliver(
     return report.to_json()
 
 
-@worker_ready.connect
 @worker_process_init.connect
 def _open_resources(**_: Any) -> None:
     # Build the engine and HTTP client before the first message, not during it: the first
     # attempts would otherwise start late and bunch up with later ones.
     get_resources()
+
+
+@worker_ready.connect
+def _ready(**_: Any) -> None:
+    # The threads pool runs tasks in this process. (A prefork pool's children would each need
+    # prometheus-client's multiprocess mode; only this process serves the port.)
+    metrics.serve(get_resources().settings)
 
 
 @worker_shutdown.connect
