@@ -153,12 +153,16 @@ class _Dev:
             [*celery, "worker", "-P", "threads", "-c", "8", "-Q", queue, "--loglevel", "INFO"],
         )
         self.spawn("dispatcher", [str(_webhooks_command()), "dispatcher"])
-        # No authentication in dev (SPEC: Flower requires it everywhere else), so it listens on
-        # loopback only; WEBHOOKS_DEV tells our Flower configuration that this is dev.
+        # The Procfile's own Flower launcher: without FLOWER_BASIC_AUTH it starts only because
+        # WEBHOOKS_DEV says this is dev, and then listens on loopback only.
         self.spawn(
             "flower",
-            [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
-            extra_env={"WEBHOOKS_DEV": "true"},
+            [sys.executable, "-m", "workers.flower"],
+            extra_env={
+                "WEBHOOKS_DEV": "true",
+                "FLOWER_PORT": str(flower_port),
+                "FLOWER_ADDRESS": "127.0.0.1",
+            },
         )
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
