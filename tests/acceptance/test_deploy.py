@@ -79,12 +79,19 @@ def k8s_objects() -> Iterator[tuple[Path, dict[str, Any]]]:
                 yield path, doc
 
 
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a workload (a CronJob keeps it one level deeper)."""
+    workload = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    spec: dict[str, Any] = workload["template"]["spec"]
+    return spec
+
+
 def k8s_containers() -> Iterator[tuple[str, dict[str, Any]]]:
     """(workload/container, container) of every workload's containers and init containers."""
     for _, obj in k8s_objects():
         if obj["kind"] not in WORKLOADS:
             continue
-        spec = obj["spec"]["template"]["spec"]
+        spec = pod_spec(obj)
         for container in spec.get("initContainers", []) + spec["containers"]:
             yield f"{obj['metadata']['name']}/{container['name']}", container
 
@@ -160,10 +167,13 @@ def test_deploy_has_compose_dockerfile_systemd_units_and_kubernetes_manifests() 
         "webhooks-worker.service",
         "webhooks-dispatcher@.service",
         "webhooks-flower.service",
+        "webhooks-prune.service",
     }
+    assert (SYSTEMD / "webhooks-prune.timer").is_file()
     kinds = {(obj["kind"], obj["metadata"]["name"]) for _, obj in k8s_objects()}
     assert {
         ("Job", "webhooks-migrate"),
+        ("CronJob", "webhooks-prune"),
         ("Deployment", "webhooks-dispatcher"),
         ("Deployment", "webhooks-worker"),
         ("Deployment", "webhooks-flower"),
@@ -307,8 +317,9 @@ def test_nothing_runs_as_root() -> None:
     assert not user.startswith(("root", "0:", "0 ")) and user != "0"
     for _, obj in k8s_objects():
         if obj["kind"] in WORKLOADS:
-            assert obj["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+            assert pod_spec(obj)["securityContext"]["runAsNonRoot"] is True
     for unit, entries in systemd_units().items():
         assert entries["Service.User"] == ["webhooks"], unit
         assert entries["Service.EnvironmentFile"] == ["/etc/webhooks/webhooks.env"], unit
-        assert entries["Install.WantedBy"] == ["multi-user.target"], unit
+        if unit != "webhooks-prune.service":  # started by webhooks-prune.timer
+            assert entries["Install.WantedBy"] == ["multi-user.target"], unit
