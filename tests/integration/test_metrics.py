@@ -80,3 +80,36 @@ def test_workers_count_attempts_by_outcome_and_dispatchers_report_backlog_and_cl
     assert dispatcher[("webhooks_backlog_due", ())] >= 0
     assert ("webhooks_breakers_open", ()) in dispatcher
     assert ("webhooks_leases_expired_total", ()) in dispatcher
+
+
+def test_json_log_format_gives_one_json_object_per_line_with_ids(
+    env: dict[str, str],
+    tmp_path: Path,
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    project: str,
+    path: str,
+) -> None:
+    import json
+
+    stack = Stack(env={**env, "WEBHOOKS_LOG_FORMAT": "json"}, logdir=tmp_path)
+    try:
+        worker = stack.start_worker()
+        dispatcher = stack.start_dispatcher()
+        new_endpoint(engine, settings, receiver.url(path), project, ("good.event",))
+        event_id = publish_one(engine, settings, project, "good.event")
+        wait_for_state(engine, settings, event_id, "succeeded")
+        wait_for(lambda: "attempt.recorded" in worker.output(), what="the worker's log line")
+    finally:
+        stack.stop()
+    lines = [json.loads(line) for line in dispatcher.output().splitlines() if line.strip()]
+    assert {"dispatcher.started", "dispatcher.stopped"} <= {line["event"] for line in lines}
+    recorded = [
+        json.loads(line)
+        for line in worker.output().splitlines()
+        if line.startswith("{") and "attempt.recorded" in line
+    ]
+    assert recorded[0]["event_id"] == event_id
+    assert recorded[0]["status"] == 200
+    assert {"ts", "level", "logger", "delivery_id", "endpoint_id", "attempt"} <= set(recorded[0])
