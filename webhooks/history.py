@@ -51,8 +51,11 @@ def list_attempts(
 
 def get_deliveries(conn: Connection, settings: Settings, event_id: str) -> list[Delivery]:
     """The event's deliveries, each with its attempts."""
+    # Deliveries first: an attempt is committed with the state it led to, so attempts read
+    # afterwards include every attempt behind the states shown (reading them first could show
+    # a delivery `succeeded` with its successful attempt missing).
+    rows = conn.execute(sql(DELIVERIES, settings.db_schema), {"event_id": event_id}).all()
     attempts = list_attempts(conn, settings, event_id)
-    rows = conn.execute(sql(DELIVERIES, settings.db_schema), {"event_id": event_id})
     return [
         Delivery(
             id=row.id,
