@@ -6,6 +6,7 @@ Celery task in `workers.tasks` only calls `run_attempt`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from webhooks import __version__, clock
 from webhooks.claims import AttemptJob, Claim, begin_attempt, record_attempt
+from webhooks.database import is_connection_error
 from webhooks.delivery import DeliveryOutcome, HttpSender
 from webhooks.metrics import observe_attempt
 from webhooks.models import rfc3339
@@ -26,9 +28,10 @@ from webhooks.signing import signature_header
 log = logging.getLogger("webhooks.attempts")
 
 USER_AGENT = f"CloudAPI-Webhooks/{__version__}"
-# A result that cannot be written (Postgres restarting) is retried for about this long; past
-# it the lease runs out and the delivery is attempted again rather than lost.
-RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+# A result that cannot be written (Postgres restarting) is retried with these pauses (the
+# last repeats) for as long as the claim's lease lasts: the request went out, so its attempt
+# must be stored. Past the lease the delivery is attempted again rather than lost.
+RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,8 @@ def _record_with_retries(
     started_at: datetime,
     headers: dict[str, str],
 ) -> Any:
-    for delay in (*RECORD_RETRY_DELAYS, None):
+    give_up_at = time.monotonic() + settings.lease.total_seconds()
+    for tries in itertools.count():
         try:
             with engine.begin() as conn:
                 return record_attempt(
@@ -143,11 +147,17 @@ def _record_with_retries(
                     now=clock.now(),
                 )
         except DBAPIError as exc:
-            if delay is None or not exc.connection_invalidated:
+            # "Connection refused" and "the database system is shutting down" come from a
+            # reconnect, with no connection to invalidate: is_connection_error knows them.
+            delay = RECORD_RETRY_DELAYS[min(tries, len(RECORD_RETRY_DELAYS) - 1)]
+            if not is_connection_error(exc) or time.monotonic() + delay > give_up_at:
                 raise
             log.warning(
                 "attempt.record_retry",
-                extra={"delivery_id": job.claim.delivery_id, "error": str(exc.orig)},
+                extra={
+                    "delivery_id": job.claim.delivery_id,
+                    "error": str(exc.orig).strip().splitlines()[0] if exc.orig else "",
+                },
             )
             time.sleep(delay)
     raise AssertionError("unreachable")

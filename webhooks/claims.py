@@ -25,11 +25,12 @@ from webhooks.health import after_attempt
 from webhooks.schedule import RetryPolicy, decide_retry, parse_retry_after
 from webhooks.settings import Settings
 
-# Rows whose worker vanished (or whose message the broker lost) become due again now.
+# Rows whose worker vanished (or whose message the broker lost) become due again, keeping
+# the time they were first due: they go ahead of work that fell due since, not behind it.
 REAP_DELIVERIES = """
 UPDATE {s}.deliveries
-SET state = 'pending', next_attempt_at = :now, claim_token = NULL, lease_expires_at = NULL,
-    updated_at = :now
+SET state = 'pending', next_attempt_at = coalesce(next_attempt_at, :now), claim_token = NULL,
+    lease_expires_at = NULL, updated_at = :now
 WHERE state = 'delivering' AND lease_expires_at < :now
 """
 REAP_REPLAYS = """

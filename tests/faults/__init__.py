@@ -1,0 +1,1 @@
+"""Fault tests: the Procfile's processes against a real receiver while things break."""
