@@ -11,12 +11,11 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 import schema as schema_package
@@ -99,8 +98,3 @@ def is_connection_error(exc: BaseException) -> bool:
     return (isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)) or isinstance(
         exc, OperationalError
     )
-
-
-def execute(conn: Connection, statement: str, schema: str, params: Any = None) -> Any:
-    """Run one schema-qualified statement and return its result."""
-    return conn.execute(sql(statement, schema), params or {})

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 DELIVERY_STATES = ("pending", "delivering", "succeeded", "failed")
-TRIGGERS = ("scheduled", "replay")
 
 
 def rfc3339(moment: datetime | None) -> str | None:

@@ -18,10 +18,11 @@ from webhooks import clock
 from webhooks.database import sql
 from webhooks.endpoints import get_endpoint
 from webhooks.errors import EventNotFound, InvalidArgument
+from webhooks.models import DELIVERY_STATES
 from webhooks.outbox import notify_dispatchers
 from webhooks.settings import Settings
 
-REPLAY_STATUSES = ("failed", "succeeded", "pending", "delivering")
+REPLAY_STATUSES = DELIVERY_STATES
 BULK_BATCH_SIZE = 500
 
 REPLAY_EVENT = """

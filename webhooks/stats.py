@@ -15,9 +15,10 @@ from sqlalchemy.engine import Connection
 
 from webhooks import clock
 from webhooks.database import sql
+from webhooks.models import DELIVERY_STATES
 from webhooks.settings import Settings
 
-STATES = ("pending", "delivering", "succeeded", "failed")
+STATES = DELIVERY_STATES
 
 BY_STATE = "SELECT state, count(*) AS n FROM {s}.deliveries GROUP BY state"
 ENDPOINTS = """
