@@ -1,0 +1,462 @@
+"""``python -m bench`` (``make bench``): every benchmark, each product figure beside its
+baselines measured in the same invocation on the same machine.
+
+1. the limits: raw POST rate of one keep-alive `httpx.Client` thread to the receiver, and
+   Celery's own no-op task rate and hop latency with the worker settings we ship;
+2. the naive baseline (`bench.naive`);
+3. the product: ``publish()`` → dispatcher → worker → receiver, every attempt stored.
+
+Needs Postgres and Redis (``DATABASE_URL``, ``CELERY_BROKER_URL``; the README's defaults
+otherwise) and, for the fast receiver, nginx (``apt-get install -y nginx-light``; without it a
+Python receiver is used and its own top rate is printed). ``--quick`` is the CI smoke: tiny
+counts, one run, nothing written to RESULTS.md. Results: ``bench/results/*.json`` and
+``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("throughput", "latency", "blackhole", "rss", "claim", "publish")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke: tiny counts, one run")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of each figure (3)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=10_000,
+        help="events per throughput run of the product and the no-op (10,000; use fewer on a "
+        "busy machine and say so)",
+    )
+    parser.add_argument(
+        "--naive-events",
+        type=int,
+        default=1_000,
+        help="events per throughput run of the naive baseline (1,000: it runs ~20/s here)",
+    )
+    parser.add_argument(
+        "--paced-events", type=int, default=2_000, help="events per paced latency run (2,000)"
+    )
+    parser.add_argument(
+        "--naive-paced-events",
+        type=int,
+        default=500,
+        help="events per paced latency run of the naive baseline (500)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="worker threads, as the Procfile ships (32)"
+    )
+    parser.add_argument(
+        "--history-rows",
+        type=int,
+        default=1_000_000,
+        help="rows of history for the large claim-time case (1,000,000)",
+    )
+    parser.add_argument(
+        "--publish-calls", type=int, default=400, help="publish() calls per writer per run (400)"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)"
+    )
+    parser.add_argument(
+        "--no-nginx",
+        action="store_true",
+        help="use the Python fast receiver even if nginx is installed",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs = 1
+        args.events = min(args.events, 60)
+        args.naive_events = min(args.naive_events, 20)
+        args.paced_events = min(args.paced_events, 30)
+        args.naive_paced_events = min(args.naive_paced_events, 10)
+        args.concurrency = min(args.concurrency, 4)
+        args.history_rows = min(args.history_rows, 20_000)
+        args.publish_calls = min(args.publish_calls, 10)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The apps read their queue names once, at import: one queue each for this invocation.
+    tag = secrets.token_hex(3)
+    os.environ.setdefault("BENCH_NOOP_QUEUE", f"bench_noop_{tag}")
+    os.environ.setdefault("BENCH_NAIVE_QUEUE", f"bench_naive_{tag}")
+
+    from bench import claim_time, publish_cost, report, runs
+    from bench.common import say, spread
+    from bench.receivers import Receivers
+
+    sections = set(args.only or SECTIONS)
+    logdir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    config = runs.Config(
+        events=args.events,
+        paced_events=args.paced_events,
+        concurrency=args.concurrency,
+        rss_events=4 if args.quick else 20,
+        logdir=logdir,
+        drain_timeout=120 if args.quick else 900,
+    )
+    per_run: dict[str, list[dict[str, float]]] = {}
+    notes: list[str] = []
+
+    def record(name: str, outcome: runs.Outcome) -> None:
+        per_run.setdefault(name, []).append(outcome.figures)
+        notes.extend(outcome.notes)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in outcome.figures.items())
+        say(f"{name}: {shown}")
+
+    meta = report.machine()
+    started = time.monotonic()
+    say(f"logs in {logdir}; sections {sorted(sections)}; {args.runs} run(s)")
+    with Receivers(prefer_nginx=not args.no_nginx) as receivers:
+        fast = receivers.fast()
+        meta["receiver"] = fast.kind
+        for _ in range(args.runs):
+            record("raw", runs.raw_post_rate(fast, 200 if args.quick else 3000))
+        if sections & {"throughput", "latency", "blackhole"}:
+            for n in range(args.runs):
+                say(f"throughput run {n + 1}/{args.runs}")
+                record("noop_drain", runs.noop_run(config, None, args.events))
+                record("naive_drain", runs.naive_run(config, fast, None, args.naive_events))
+                record("product_drain", runs.product_run(config, fast, None, None, args.events))
+                if "blackhole" in sections:
+                    record(
+                        "product_blackhole_drain",
+                        runs.product_run(config, fast, receivers.blackhole(), None, args.events),
+                    )
+        peak = spread([r["per_s"] for r in per_run.get("product_drain", [])])["median"]
+        pace = peak / 2 if peak == peak else 20.0
+        meta["paced_per_s"] = pace
+        if sections & {"latency", "blackhole"}:
+            for n in range(args.runs):
+                say(f"latency run {n + 1}/{args.runs} at {pace:.0f}/s (half the product's peak)")
+                record("noop_paced", runs.noop_run(config, pace, args.paced_events))
+                record("naive_paced", runs.naive_run(config, fast, pace, args.naive_paced_events))
+                record(
+                    "product_paced", runs.product_run(config, fast, None, pace, args.paced_events)
+                )
+                if "blackhole" in sections:
+                    record(
+                        "product_blackhole_paced",
+                        runs.product_run(
+                            config, fast, receivers.blackhole(), pace, args.paced_events
+                        ),
+                    )
+        if "rss" in sections:
+            for n in range(args.runs):
+                say(f"rss run {n + 1}/{args.runs}")
+                record("product_rss", runs.product_rss(config, fast, receivers.big()))
+                record("naive_rss", runs.naive_rss(config, fast, receivers.big()))
+    extra: dict[str, Any] = {}
+    if "claim" in sections:
+        say(f"claim time: 10k vs {args.history_rows} rows of history")
+        extra["claim"] = claim_time.measure(
+            small=min(10_000, args.history_rows // 2),
+            large=args.history_rows,
+            runs=args.runs,
+            repeats=5 if args.quick else 20,
+        )
+        say(f"claim: {extra['claim']}")
+    if "publish" in sections:
+        say("publish cost")
+        extra["publish"] = publish_cost.measure(runs=args.runs, calls=args.publish_calls)
+        say(f"publish: {extra['publish']}")
+    meta["elapsed_seconds"] = round(time.monotonic() - started)
+    meta["config"] = {k: v for k, v in vars(args).items()}
+    results = summarize(meta, per_run, extra, notes)
+    markdown = render(results)
+    path = report.write(results, markdown, quick=args.quick)
+    print(markdown)
+    say(f"JSON: {path}{'' if args.quick else '; Markdown: bench/RESULTS.md'}")
+    return 0
+
+
+def _spreads(per_run: dict[str, list[dict[str, float]]], name: str) -> dict[str, Any]:
+    from bench.common import spread
+
+    rows = per_run.get(name, [])
+    keys = sorted({k for row in rows for k in row})
+    return {k: spread([row[k] for row in rows if k in row]) for k in keys}
+
+
+def _column(per_run: dict[str, list[dict[str, float]]], name: str, key: str) -> list[float]:
+    return [row.get(key, float("nan")) for row in per_run.get(name, [])]
+
+
+def summarize(
+    meta: dict[str, Any],
+    per_run: dict[str, list[dict[str, float]]],
+    extra: dict[str, Any],
+    notes: list[str],
+) -> dict[str, Any]:
+    """Spreads, same-run ratios and the targets."""
+    from bench.report import ratio_spread
+
+    figures = {name: _spreads(per_run, name) for name in per_run}
+    col = lambda name, key: _column(per_run, name, key)  # noqa: E731
+    ratios: dict[str, Any] = {}
+    if "product_drain" in per_run:
+        ratios["throughput_vs_noop"] = ratio_spread(
+            col("product_drain", "per_s"), col("noop_drain", "noop_per_s")
+        )
+        ratios["throughput_vs_naive"] = ratio_spread(
+            col("product_drain", "per_s"), col("naive_drain", "naive_per_s")
+        )
+        ratios["throughput_vs_raw_post"] = ratio_spread(
+            col("product_drain", "per_s"), col("raw", "raw_post_per_s")
+        )
+    if "product_blackhole_drain" in per_run:
+        ratios["blackhole_throughput_vs_clean"] = ratio_spread(
+            col("product_blackhole_drain", "per_s"), col("product_drain", "per_s")
+        )
+    for q in ("p50", "p95", "p99"):
+        if "product_paced" in per_run:
+            ratios[f"latency_{q}_vs_noop"] = ratio_spread(
+                col("product_paced", f"latency_{q}_ms"), col("noop_paced", f"noop_{q}_ms")
+            )
+            ratios[f"latency_{q}_vs_naive"] = ratio_spread(
+                col("product_paced", f"latency_{q}_ms"), col("naive_paced", f"naive_{q}_ms")
+            )
+    if "product_rss" in per_run:
+        ratios["rss_growth_vs_naive"] = ratio_spread(
+            col("product_rss", "rss_growth_mb"), col("naive_rss", "rss_growth_mb")
+        )
+    if "claim" in extra:
+        c = extra["claim"]
+        ratios["claim_large_vs_small"] = {
+            "median": c["large_ms"]["median"] / c["small_ms"]["median"],
+            "min": c["large_ms"]["min"] / c["small_ms"]["max"],
+            "max": c["large_ms"]["max"] / c["small_ms"]["min"],
+            "n": 1,
+        }
+    if "publish" in extra:
+        p = extra["publish"]
+        for w in (1, 8):
+            product = p.get(f"product_w{w}", {}).get("p50_ms", {}).get("median", float("nan"))
+            for base in ("limit", "naive", "product_poll"):
+                b = p.get(f"{base}_w{w}", {}).get("p50_ms", {}).get("median", float("nan"))
+                ratios[f"publish_w{w}_vs_{base}"] = {
+                    "median": product / b if b else float("nan"),
+                    "n": 1,
+                }
+    results = {
+        "meta": meta,
+        "figures": figures,
+        "ratios": ratios,
+        "extra": extra,
+        "per_run": per_run,
+        "notes": notes,
+    }
+    results["targets"] = targets(results)
+    return results
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured (median) figure and met / not met."""
+    f, r, extra = results["figures"], results["ratios"], results["extra"]
+    nan = float("nan")
+
+    def med(group: dict[str, Any], key: str) -> float:
+        return group.get(key, {}).get("median", nan)
+
+    def worst(name: str, key: str) -> float:
+        return f.get(name, {}).get(key, {}).get("max", nan)
+
+    out = []
+
+    def add(name: str, measured: float, goal: str, met: bool | None) -> None:
+        out.append(
+            {
+                "target": name,
+                "goal": goal,
+                "measured": measured,
+                "met": None if measured != measured else met,
+            }
+        )
+
+    v = med(r, "throughput_vs_noop")
+    add("throughput vs Celery no-op (same run)", v, "≥ 0.60x", v >= 0.6)
+    v = med(r, "throughput_vs_naive")
+    add("throughput vs naive baseline (same run)", v, "≥ 10x", v >= 10)
+    v = med(f.get("product_paced", {}), "latency_p50_ms")
+    add("commit→arrival p50 at half peak (ms)", v, "≤ 15", v <= 15)
+    v = med(f.get("product_paced", {}), "latency_p99_ms")
+    add("commit→arrival p99 at half peak (ms)", v, "≤ 60", v <= 60)
+    lost = max(
+        (
+            worst(n, k)
+            for n in (
+                "product_drain",
+                "product_paced",
+                "product_blackhole_drain",
+                "product_blackhole_paced",
+            )
+            for k in ("lost", "never_attempted")
+            if n in f
+        ),
+        default=nan,
+    )
+    add("events lost or never attempted, worst run (healthy endpoints)", lost, "0", lost == 0)
+    v = med(r, "blackhole_throughput_vs_clean")
+    add("healthy throughput with 10 % black-holed vs without", v, "≥ 0.80x", v >= 0.8)
+    v = med(f.get("product_blackhole_paced", {}), "latency_p99_ms")
+    add("healthy p99 with 10 % black-holed (ms)", v, "≤ 1000", v <= 1000)
+    v = med(r, "claim_large_vs_small")
+    add("claim time, 1 M vs 10 k rows of history", v, "≤ 1.5x", v <= 1.5)
+    v = med(f.get("product_rss", {}), "rss_growth_mb")
+    add("worker RSS growth across 50 MB responses (MB)", v, "< 20", v < 20)
+    pub = extra.get("publish", {}).get("product_w8", {}).get("p50_ms", {}).get("median", nan)
+    add("publish p50 with 8 concurrent writers (ms)", pub, "≤ 2", pub <= 2)
+    return out
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown summary committed as bench/RESULTS.md."""
+    from bench.report import fmt, fmt_spread
+
+    meta, f, r, extra = results["meta"], results["figures"], results["ratios"], results["extra"]
+    cfg = meta.get("config", {})
+    v = meta["versions"]
+
+    def g(name: str, key: str) -> dict[str, float] | None:
+        return f.get(name, {}).get(key)
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Latest full run of `make bench` (`python -m bench`), {meta['date']}, commit "
+        f"`{meta['commit']}`. JSON of every run: `bench/results/` (git-ignored).",
+        "",
+        f"- Machine: {meta['cpu']}, {meta['cores']} cores (KVM), load average at start "
+        f"{' '.join(meta['load_average_at_start'])}. **Shared with other workloads (other "
+        "agents' test suites) during the run**: figures are noisy; compare ratios, which "
+        "pair figures measured in the same run.",
+        f"- Versions: Python {v['python']}, Celery {v['celery']}, kombu {v['kombu']}, "
+        f"redis-py {v['redis']}, httpx {v['httpx']}, httpcore {v['httpcore']}, SQLAlchemy "
+        f"{v['SQLAlchemy']}, psycopg {v['psycopg']}, PostgreSQL {v['postgres']}, Redis "
+        f"{v['redis-server']}, nginx {v['nginx']}.",
+        f"- Receiver: {meta.get('receiver')} (`return 204`, access log of arrival times) on "
+        "127.0.0.1; black hole: accepts, never answers.",
+        f"- Runs: {cfg.get('runs')} of each figure, shown as **min / median / max**; "
+        f"{cfg.get('events')} events per product and no-op throughput run, "
+        f"{cfg.get('naive_events')} per naive throughput run (its rate is steady; 10,000 "
+        f"would take ~10 min a run), {cfg.get('paced_events')} per paced product/no-op run "
+        f"and {cfg.get('naive_paced_events')} per paced naive run, paced at "
+        f"{fmt(meta.get('paced_per_s', float('nan')))}/s (half the product's median peak). "
+        f"Worker: `-P threads -c {cfg.get('concurrency')}` for the no-op, the naive baseline "
+        f"and the product alike. Whole invocation: {meta.get('elapsed_seconds')} s.",
+        "- Ratios are per run (product of run *i* over the baseline of run *i*), then "
+        "min / median / max.",
+        "",
+        "## Targets (issue 5)",
+        "",
+        "| target | goal | measured (median) | met |",
+        "|---|---|---|---|",
+    ]
+    for t in results["targets"]:
+        met = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['measured'], 2)} | {met} |")
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "| figure | product | limit (same run) | product ÷ limit | naive (same run) | "
+        "product ÷ naive |",
+        "|---|---|---|---|---|---|",
+        f"| deliveries/s, backlog drain | {fmt_spread(g('product_drain', 'per_s'))} | "
+        f"no-op Celery task {fmt_spread(g('noop_drain', 'noop_per_s'))}; one httpx thread "
+        f"{fmt_spread(g('raw', 'raw_post_per_s'))} | "
+        f"{fmt_spread(r.get('throughput_vs_noop'), 2)} (vs no-op); "
+        f"{fmt_spread(r.get('throughput_vs_raw_post'), 2)} (vs httpx) | "
+        f"{fmt_spread(g('naive_drain', 'naive_per_s'))} | "
+        f"{fmt_spread(r.get('throughput_vs_naive'), 1)} |",
+    ]
+    for q in ("p50", "p95", "p99"):
+        lines.append(
+            f"| commit→arrival {q}, ms, paced | {fmt_spread(g('product_paced', f'latency_{q}_ms'))}"
+            f" | no-op hop {fmt_spread(g('noop_paced', f'noop_{q}_ms'))} | "
+            f"{fmt_spread(r.get(f'latency_{q}_vs_noop'), 1)} | "
+            f"{fmt_spread(g('naive_paced', f'naive_{q}_ms'))} | "
+            f"{fmt_spread(r.get(f'latency_{q}_vs_naive'), 2)} |"
+        )
+    lines += [
+        f"| healthy deliveries/s, 10 % black-holed | "
+        f"{fmt_spread(g('product_blackhole_drain', 'per_s'))} | product without black holes "
+        f"{fmt_spread(g('product_drain', 'per_s'))} | "
+        f"{fmt_spread(r.get('blackhole_throughput_vs_clean'), 2)} | not run | - |",
+        f"| healthy p99 ms, 10 % black-holed, paced | "
+        f"{fmt_spread(g('product_blackhole_paced', 'latency_p99_ms'))} | product without "
+        f"{fmt_spread(g('product_paced', 'latency_p99_ms'))} | - | not run | - |",
+        f"| worker RSS growth, MB, {20 if not cfg.get('quick') else 4} x 50 MB responses | "
+        f"{fmt_spread(g('product_rss', 'rss_growth_mb'))} (before "
+        f"{fmt_spread(g('product_rss', 'rss_before_mb'))}) | - | - | "
+        f"{fmt_spread(g('naive_rss', 'rss_growth_mb'))} | "
+        f"{fmt_spread(r.get('rss_growth_vs_naive'), 2)} |",
+    ]
+    claim = extra.get("claim")
+    if claim:
+        lines.append(
+            f"| claim_due ms, {claim['history_rows']['large']:,} rows of history | "
+            f"{fmt_spread(claim['large_ms'], 2)} | same with "
+            f"{claim['history_rows']['small']:,} rows {fmt_spread(claim['small_ms'], 2)} | "
+            f"{fmt(r['claim_large_vs_small']['median'], 2)} | - | - |"
+        )
+    pub = extra.get("publish")
+    if pub:
+        for w in (1, 8):
+            lines.append(
+                f"| publish ms p50, {w} writer{'s' if w > 1 else ''} (NOTIFY, as shipped) | "
+                f"{fmt_spread(pub[f'product_w{w}']['p50_ms'], 2)} | one INSERT per "
+                f"transaction {fmt_spread(pub[f'limit_w{w}']['p50_ms'], 2)} | "
+                f"{fmt(r[f'publish_w{w}_vs_limit']['median'], 2)} | "
+                f"{fmt_spread(pub[f'naive_w{w}']['p50_ms'], 2)} | "
+                f"{fmt(r[f'publish_w{w}_vs_naive']['median'], 2)} |"
+            )
+            lines.append(
+                f"| publish ms p50, {w} writer{'s' if w > 1 else ''}, WEBHOOKS_NOTIFY=false | "
+                f"{fmt_spread(pub[f'product_poll_w{w}']['p50_ms'], 2)} | - | - | - | - |"
+            )
+    counts = []
+    for name in (
+        "product_drain",
+        "product_paced",
+        "product_blackhole_drain",
+        "product_blackhole_paced",
+        "naive_drain",
+        "naive_paced",
+    ):
+        if name in f:
+            fig = f[name]
+            lost = fig.get("lost", {}).get("max", float("nan"))
+            never = fig.get("never_attempted", fig.get("arrived_not_stored", {})).get(
+                "max", float("nan")
+            )
+            counts.append(
+                f"{name} {fmt(lost, 0)} lost / {fmt(never, 0)} "
+                f"{'never attempted' if name.startswith('product') else 'not stored'}"
+            )
+    lines += [
+        "",
+        "Loss accounting, worst run: " + "; ".join(counts) + ".",
+        f"Receiver CPU per request: {fmt_spread(g('raw', 'receiver_cpu_us_per_request'))} µs "
+        "(the fast receiver is not the bottleneck).",
+    ]
+    if results["notes"]:
+        lines += ["", "Notes from the runs:", ""] + [f"- {n}" for n in results["notes"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

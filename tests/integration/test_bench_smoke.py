@@ -1,0 +1,107 @@
+"""A smoke of the benchmark harness (`python -m bench`), to keep it working.
+
+Benchmarks are not tests: nothing here asserts a timing. One test renders the report from
+made-up figures; the other runs the harness's ``--quick`` mode (tiny counts, one run) against
+the real services and checks that it completes, counts every event, and writes its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import render, summarize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def made_up_results() -> dict[str, object]:
+    per_run = {
+        "raw": [{"raw_post_per_s": 1000.0, "receiver_cpu_us_per_request": 40.0}],
+        "noop_drain": [{"noop_per_s": 200.0}],
+        "naive_drain": [{"naive_per_s": 20.0, "lost": 0.0, "arrived_not_stored": 0.0}],
+        "product_drain": [{"per_s": 150.0, "lost": 0.0, "never_attempted": 0.0}],
+        "product_paced": [
+            {
+                "latency_p50_ms": 10.0,
+                "latency_p95_ms": 30.0,
+                "latency_p99_ms": 50.0,
+                "lost": 0.0,
+                "never_attempted": 0.0,
+            }
+        ],
+        "noop_paced": [{"noop_p50_ms": 2.5, "noop_p95_ms": 5.0, "noop_p99_ms": 8.0}],
+    }
+    meta = {
+        "date": "2026-01-01 00:00:00 UTC",
+        "cpu": "a CPU",
+        "cores": 2,
+        "load_average_at_start": ["0.1", "0.1", "0.1"],
+        "commit": "abc1234",
+        "versions": {
+            k: "1"
+            for k in (
+                "python",
+                "celery",
+                "kombu",
+                "redis",
+                "httpx",
+                "httpcore",
+                "SQLAlchemy",
+                "psycopg",
+                "postgres",
+                "redis-server",
+                "nginx",
+            )
+        },
+        "receiver": "nginx",
+        "config": {"runs": 1},
+    }
+    return summarize(meta, per_run, {}, [])  # type: ignore[arg-type]
+
+
+def test_report_pairs_each_product_figure_with_its_same_run_baselines() -> None:
+    results = made_up_results()
+    ratios = results["ratios"]
+    assert ratios["throughput_vs_noop"]["median"] == pytest.approx(0.75)  # type: ignore[index]
+    assert ratios["throughput_vs_naive"]["median"] == pytest.approx(7.5)  # type: ignore[index]
+    met = {t["target"]: t["met"] for t in results["targets"]}  # type: ignore[attr-defined]
+    assert met["throughput vs Celery no-op (same run)"] is True
+    assert met["throughput vs naive baseline (same run)"] is False
+    assert met["claim time, 1 M vs 10 k rows of history"] is None  # not measured here
+    markdown = render(results)
+    assert "| throughput vs Celery no-op (same run) | ≥ 0.60x | 0.75 | met |" in markdown
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_every_pipeline_and_counts_every_event(
+    service_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": service_urls[0],
+        "CELERY_BROKER_URL": service_urls[1],
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "throughput", "--only", "publish"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "## Targets (issue 5)" in completed.stdout
+    results = json.loads((ROOT / "bench" / "results" / "latest-quick.json").read_text())
+    product = results["per_run"]["product_drain"][0]
+    assert product["healthy_succeeded"] == product["events"]
+    assert product["lost"] == 0 and product["never_attempted"] == 0
+    assert product["attempts_stored"] >= product["events"]
+    assert results["per_run"]["noop_drain"][0]["completed"] == results["meta"]["config"]["events"]
+    assert "product_w8" in results["extra"]["publish"]
