@@ -13,12 +13,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from webhooks import __version__, clock
-from webhooks.claims import AttemptJob, Claim, begin_attempt, record_attempt
-from webhooks.database import is_connection_error
+from webhooks.claims import (
+    AttemptJob,
+    Claim,
+    RecordedAttempt,
+    begin_attempt,
+    record_attempt,
+    record_success,
+)
+from webhooks.database import driver_connection, is_connection_error
 from webhooks.delivery import DeliveryOutcome, HttpSender
 from webhooks.metrics import observe_attempt
 from webhooks.models import rfc3339
@@ -80,8 +88,7 @@ def run_attempt(
     engine: Engine, sender: HttpSender, settings: Settings, claim: Claim
 ) -> AttemptReport:
     """Make the attempt a claim stands for, unless the claim is stale, and record it."""
-    with engine.begin() as conn:
-        job = begin_attempt(conn, settings, claim, clock.now())
+    job = _begin(engine, settings, claim)
     if job is None:
         log.info(
             "attempt.skipped",
@@ -125,6 +132,44 @@ def run_attempt(
     )
 
 
+def _begin(engine: Engine, settings: Settings, claim: Claim) -> AttemptJob | None:
+    # Autocommit: the common case is one read, and a transaction around it would cost two
+    # more round trips. Pooled connections are not pinged before use (a round trip per
+    # checkout); one that died with a Postgres restart fails here once, which invalidates
+    # the pool's older connections, and the read is made again on a new one.
+    for tries in range(2):
+        try:
+            with driver_connection(engine) as conn:
+                return begin_attempt(conn, settings, claim, clock.now())
+        except psycopg.OperationalError:
+            if tries:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _record(
+    engine: Engine,
+    settings: Settings,
+    job: AttemptJob,
+    outcome: DeliveryOutcome,
+    started_at: datetime,
+    headers: dict[str, str],
+) -> RecordedAttempt:
+    """One try at storing the attempt: the one-statement success, else the locked path."""
+    fields: dict[str, Any] = {
+        "outcome": outcome,
+        "started_at": started_at,
+        "request_headers": headers,
+    }
+    if outcome.is_success and job.claim.trigger == "scheduled":
+        with driver_connection(engine) as conn:
+            recorded = record_success(conn, settings, job, now=clock.now(), **fields)
+        if recorded is not None:
+            return recorded
+    with engine.begin() as conn:
+        return record_attempt(conn, settings, job, now=clock.now(), **fields)
+
+
 def _record_with_retries(
     engine: Engine,
     settings: Settings,
@@ -132,21 +177,12 @@ def _record_with_retries(
     outcome: DeliveryOutcome,
     started_at: datetime,
     headers: dict[str, str],
-) -> Any:
+) -> RecordedAttempt:
     give_up_at = time.monotonic() + settings.lease.total_seconds()
     for tries in itertools.count():
         try:
-            with engine.begin() as conn:
-                return record_attempt(
-                    conn,
-                    settings,
-                    job,
-                    outcome=outcome,
-                    started_at=started_at,
-                    request_headers=headers,
-                    now=clock.now(),
-                )
-        except DBAPIError as exc:
+            return _record(engine, settings, job, outcome, started_at, headers)
+        except (DBAPIError, psycopg.OperationalError) as exc:
             # "Connection refused" and "the database system is shutting down" come from a
             # reconnect, with no connection to invalidate: is_connection_error knows them.
             delay = RECORD_RETRY_DELAYS[min(tries, len(RECORD_RETRY_DELAYS) - 1)]
@@ -154,10 +190,12 @@ def _record_with_retries(
                 raise
             log.warning(
                 "attempt.record_retry",
-                extra={
-                    "delivery_id": job.claim.delivery_id,
-                    "error": str(exc.orig).strip().splitlines()[0] if exc.orig else "",
-                },
+                extra={"delivery_id": job.claim.delivery_id, "error": _first_line(exc)},
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _first_line(exc: Exception) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return str(cause).strip().splitlines()[0] if cause else ""

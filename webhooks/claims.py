@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy.engine import Connection
 
 from webhooks.admission import Candidate, IsolationPolicy, RateLimit, admit
-from webhooks.database import sql
+from webhooks.database import driver_sql, sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import active_secrets
 from webhooks.health import after_attempt
@@ -40,23 +42,22 @@ WHERE state = 'delivering' AND lease_expires_at < :now
 
 # Due rows, oldest first, locked for this transaction (SKIP LOCKED: another dispatcher gets
 # the next ones). OF d locks only the delivery rows, not the endpoint rows joined to skip
-# disabled endpoints and to read their breaker state. `admission.admit` then decides.
+# disabled endpoints and to read their breaker state, in-flight count and whether they are
+# rate-limited, all in this one round trip. `admission.admit` then decides.
 DUE_CANDIDATES = """
-SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until
+WITH busy AS MATERIALIZED (
+    SELECT endpoint_id, count(*) AS n FROM {s}.deliveries
+    WHERE state = 'delivering' GROUP BY endpoint_id
+)
+SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
+       coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited
 FROM {s}.deliveries d
 JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
-WHERE d.state = 'pending' AND d.next_attempt_at <= :now
-  AND d.endpoint_id NOT IN (SELECT f.endpoint_id FROM {s}.deliveries f
-                            WHERE f.state = 'delivering'
-                            GROUP BY f.endpoint_id HAVING count(*) >= :concurrency)
+LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
+WHERE d.state = 'pending' AND d.next_attempt_at <= :now AND coalesce(b.n, 0) < :concurrency
 ORDER BY d.next_attempt_at
 LIMIT :limit
 FOR UPDATE OF d SKIP LOCKED
-"""
-IN_FLIGHT = """
-SELECT endpoint_id, count(*) AS n FROM {s}.deliveries
-WHERE state = 'delivering' AND endpoint_id = ANY (CAST(:endpoint_ids AS text[]))
-GROUP BY endpoint_id
 """
 CLAIM_DELIVERIES = """
 UPDATE {s}.deliveries
@@ -112,8 +113,17 @@ SELECT min(next_attempt_at) FROM {s}.deliveries
 WHERE state = 'pending' AND next_attempt_at > :now
 """
 
-# The worker's first step: prove the claim is still ours and push the lease out to cover the
-# whole attempt. No row back means a newer claim exists (or the work is done): do nothing.
+# The worker's first step: prove the claim is still ours and read what to send. A plain read
+# (no row version, no WAL, no commit to wait for) while the lease still covers the attempt
+# and its recording; only a message that waited long in the queue renews the lease first.
+# No row back means a newer claim exists (or the work is done): do nothing.
+READ_SCHEDULED = """
+SELECT ev.payload, e.url, e.secrets, ev.project_id, d.lease_expires_at
+FROM {s}.deliveries d
+JOIN {s}.events ev ON ev.id = d.event_id
+JOIN {s}.endpoints e ON e.id = d.endpoint_id
+WHERE d.id = :delivery_id AND d.claim_token = CAST(:token AS uuid) AND d.state = 'delivering'
+"""
 BEGIN_SCHEDULED = """
 UPDATE {s}.deliveries d SET lease_expires_at = :lease_until
 FROM {s}.events ev, {s}.endpoints e
@@ -141,6 +151,34 @@ SET attempt_count = :attempt_count, failed_attempts = :failed_attempts,
     first_attempt_at = :first_attempt_at, state = :state, next_attempt_at = :next_attempt_at,
     claim_token = :claim_token, lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id = :delivery_id
+"""
+# A 2xx under the current claim, the common case, in one statement (one round trip, atomic
+# on its own): settle the delivery, close the endpoint's breaker and clear its failing mark
+# if either is set (`health.after_attempt` does the same on the general path), and store
+# the attempt numbered from the row it updated. No row back: the claim moved on (replayed,
+# superseded, reaped) and `record_attempt`'s locked path decides instead.
+RECORD_SUCCESS = """
+WITH d AS (
+    UPDATE {s}.deliveries
+    SET state = 'succeeded', attempt_count = attempt_count + 1, next_attempt_at = NULL,
+        claim_token = NULL, lease_expires_at = NULL, updated_at = :now
+    WHERE id = :delivery_id AND claim_token = CAST(:token AS uuid) AND state = 'delivering'
+    RETURNING id, attempt_count
+), healthy AS (
+    UPDATE {s}.endpoints SET consecutive_failures = 0, breaker_open_until = NULL,
+        failing_since = NULL
+    WHERE id = :endpoint_id AND EXISTS (SELECT 1 FROM d)
+      AND (consecutive_failures <> 0 OR breaker_open_until IS NOT NULL
+           OR failing_since IS NOT NULL)
+)
+INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, started_at,
+    duration_ms, request_url, request_headers, response_status, response_headers,
+    response_body, error_kind, error_message)
+SELECT d.id, :event_id, :endpoint_id, d.attempt_count, 'scheduled', :started_at, :duration_ms,
+    :request_url, CAST(:request_headers AS jsonb), :response_status,
+    CAST(:response_headers AS jsonb), :response_body, NULL, NULL
+FROM d
+RETURNING number
 """
 FINISH_REPLAY = """
 UPDATE {s}.replays SET state = 'done', claim_token = NULL, lease_expires_at = NULL
@@ -224,21 +262,21 @@ def claim_due(conn: Connection, settings: Settings, now: datetime, limit: int) -
 
 def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, Any]) -> ClaimBatch:
     schema = settings.db_schema
+    rows = conn.execute(sql(DUE_CANDIDATES, schema), params).all()
+    if not rows:
+        return ClaimBatch([])
     candidates = [
         Candidate(row.id, row.endpoint_id, row.consecutive_failures, row.breaker_open_until)
-        for row in conn.execute(sql(DUE_CANDIDATES, schema), params)
+        for row in rows
     ]
-    if not candidates:
-        return ClaimBatch([])
-    endpoint_ids = sorted({c.endpoint_id for c in candidates})
-    in_flight = {
-        row.endpoint_id: row.n
-        for row in conn.execute(sql(IN_FLIGHT, schema), {"endpoint_ids": endpoint_ids})
-    }
-    rates = {
-        row.id: RateLimit(row.rate_limit, row.next_send_at)
-        for row in conn.execute(sql(RATE_LIMITS, schema), {"endpoint_ids": endpoint_ids})
-    }
+    in_flight = {row.endpoint_id: row.in_flight for row in rows}
+    limited = sorted({row.endpoint_id for row in rows if row.rate_limited})
+    rates: dict[str, RateLimit] = {}
+    if limited:
+        rates = {
+            row.id: RateLimit(row.rate_limit, row.next_send_at)
+            for row in conn.execute(sql(RATE_LIMITS, schema), {"endpoint_ids": limited})
+        }
     admission = admit(
         candidates, in_flight, IsolationPolicy.from_settings(settings), params["now"], rates
     )
@@ -258,8 +296,10 @@ def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, An
         )
     claims: list[Claim] = []
     if admission.claim:
-        rows = conn.execute(sql(CLAIM_DELIVERIES, schema), {**params, "ids": list(admission.claim)})
-        claims = [_claim(row, "scheduled") for row in rows]
+        claimed = conn.execute(
+            sql(CLAIM_DELIVERIES, schema), {**params, "ids": list(admission.claim)}
+        )
+        claims = [_claim(row, "scheduled") for row in claimed]
     return ClaimBatch(claims, admission.waiting)
 
 
@@ -281,20 +321,42 @@ def next_due_at(conn: Connection, settings: Settings, now: datetime) -> datetime
 
 
 def begin_attempt(
-    conn: Connection, settings: Settings, claim: Claim, now: datetime
+    conn: psycopg.Connection[Any], settings: Settings, claim: Claim, now: datetime
 ) -> AttemptJob | None:
-    """Renew the lease of a claim and read what to send, or None if the claim is stale."""
+    """Read what to send under a claim, renewing its lease if need be; None if it is stale.
+
+    ``conn`` is a psycopg connection in autocommit mode (`database.driver_connection`): the
+    dispatcher's lease normally still covers the attempt (the message waited milliseconds),
+    so this is one read. A message that waited so long that less than `renew_below`
+    remains renews the lease to a whole one before anything is sent.
+    """
+    params = {"token": claim.claim_token, "delivery_id": claim.delivery_id}
+    if claim.trigger == "scheduled":
+        row = _fetch_one(conn, READ_SCHEDULED, settings, params)
+        if row is None:
+            return None
+        lease_left = row.lease_expires_at - now if row.lease_expires_at else timedelta(0)
+        if lease_left >= renew_below(settings):
+            return _job(claim, row, now, settings)
     statement = BEGIN_REPLAY if claim.trigger == "replay" else BEGIN_SCHEDULED
-    row = conn.execute(
-        sql(statement, settings.db_schema),
-        {
-            "token": claim.claim_token,
-            "delivery_id": claim.delivery_id,
-            "lease_until": now + settings.lease,
-        },
-    ).one_or_none()
-    if row is None:
-        return None
+    row = _fetch_one(conn, statement, settings, {**params, "lease_until": now + settings.lease})
+    return None if row is None else _job(claim, row, now, settings)
+
+
+def _fetch_one(
+    conn: psycopg.Connection[Any], statement: str, settings: Settings, params: dict[str, Any]
+) -> Any:
+    with conn.cursor(row_factory=namedtuple_row) as cursor:
+        cursor.execute(driver_sql(statement, settings.db_schema), params)
+        return cursor.fetchone()
+
+
+def renew_below(settings: Settings) -> timedelta:
+    """The least lease an attempt starts with: its deadline plus half the rest for recording."""
+    return settings.timeout + (settings.lease - settings.timeout) / 2
+
+
+def _job(claim: Claim, row: Any, now: datetime, settings: Settings) -> AttemptJob:
     return AttemptJob(
         claim=claim,
         project_id=row.project_id,
@@ -302,6 +364,37 @@ def begin_attempt(
         url=row.url,
         secrets=tuple(active_secrets(row.secrets, now, settings.secret_keys)),
     )
+
+
+def record_success(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    job: AttemptJob,
+    *,
+    outcome: DeliveryOutcome,
+    started_at: datetime,
+    request_headers: dict[str, str],
+    now: datetime,
+) -> RecordedAttempt | None:
+    """Record a 2xx under a still-current scheduled claim in one statement.
+
+    ``conn`` is a psycopg connection in autocommit mode: the statement is its own
+    transaction. Returns None, having written nothing, when the claim is no longer current;
+    the caller then records through `record_attempt`, which handles every case.
+    """
+    row = _fetch_one(
+        conn,
+        RECORD_SUCCESS,
+        settings,
+        {
+            **_attempt_row(job, outcome, started_at, request_headers),
+            "token": job.claim.claim_token,
+            "now": now,
+        },
+    )
+    if row is None:
+        return None
+    return RecordedAttempt(number=int(row.number), state="succeeded", next_attempt_at=None)
 
 
 def record_attempt(
@@ -397,18 +490,9 @@ def record_attempt(
     conn.execute(
         sql(INSERT_ATTEMPT, settings.db_schema),
         {
-            "delivery_id": claim.delivery_id,
-            "event_id": claim.event_id,
-            "endpoint_id": claim.endpoint_id,
+            **_attempt_row(job, outcome, started_at, request_headers),
             "number": number,
             "trigger": claim.trigger,
-            "started_at": started_at,
-            "duration_ms": round(outcome.duration.total_seconds() * 1000),
-            "request_url": job.url,
-            "request_headers": json.dumps(request_headers),
-            "response_status": outcome.status,
-            "response_headers": json.dumps(outcome.response_headers),
-            "response_body": outcome.response_body,
             "error_kind": outcome.error_kind,
             "error_message": outcome.error_message,
         },
@@ -416,6 +500,27 @@ def record_attempt(
     return RecordedAttempt(
         number=number, state=update["state"], next_attempt_at=update["next_attempt_at"]
     )
+
+
+def _attempt_row(
+    job: AttemptJob,
+    outcome: DeliveryOutcome,
+    started_at: datetime,
+    request_headers: dict[str, str],
+) -> dict[str, Any]:
+    claim = job.claim
+    return {
+        "delivery_id": claim.delivery_id,
+        "event_id": claim.event_id,
+        "endpoint_id": claim.endpoint_id,
+        "started_at": started_at,
+        "duration_ms": round(outcome.duration.total_seconds() * 1000),
+        "request_url": job.url,
+        "request_headers": json.dumps(request_headers),
+        "response_status": outcome.status,
+        "response_headers": json.dumps(outcome.response_headers),
+        "response_body": outcome.response_body,
+    }
 
 
 def _claim(row: Any, trigger: str) -> Claim:

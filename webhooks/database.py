@@ -8,10 +8,13 @@ without colliding with its tables.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -23,17 +26,19 @@ from webhooks.errors import DatabaseUnavailable
 from webhooks.settings import Settings
 
 
-def create_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
+def create_engine(settings: Settings, *, pool_size: int = 5, pre_ping: bool = True) -> Engine:
     """Return an engine for `DATABASE_URL`.
 
-    Connections are checked before use so that a Postgres restart costs one reconnect, not
-    a failed delivery.
+    By default connections are checked before use (a ``SELECT 1`` round trip per checkout)
+    so that a Postgres restart costs one reconnect, not a failed command. The worker and the
+    dispatcher pass ``pre_ping=False``: on their hot paths that round trip is a measurable
+    share of the work, and they retry a statement that failed on a dead connection instead.
     """
     return sa.create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
     )
 
@@ -42,6 +47,42 @@ def create_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
 def sql(statement: str, schema: str) -> sa.TextClause:
     """Return ``statement`` as a SQL clause with ``{s}`` replaced by the quoted schema."""
     return sa.text(statement.replace("{s}", f'"{schema}"'))
+
+
+# `:name` binds, as `sa.text` reads them (the statements here use CAST, never `::`).
+_BIND = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@functools.lru_cache(maxsize=64)
+def driver_sql(statement: str, schema: str) -> str:
+    """``statement`` for psycopg itself: the schema put in, ``:name`` as ``%(name)s``."""
+    return _BIND.sub(r"%(\1)s", statement.replace("{s}", f'"{schema}"'))
+
+
+@contextmanager
+def driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled psycopg connection in autocommit mode, for one-statement hot paths.
+
+    The worker's two statements per attempt run on psycopg directly: through a SQLAlchemy
+    `Connection` each cost ~270 µs of CPU against ~60 µs (measured on this design's
+    queries), and CPU is what bounds a worker process. A connection found broken is
+    invalidated together with the rest of the pool, as SQLAlchemy does when it sees a
+    disconnect, so a Postgres restart costs each caller one failed statement at most.
+    """
+    fairy = engine.raw_connection()
+    conn = cast("psycopg.Connection[Any]", fairy.driver_connection)
+    try:
+        conn.autocommit = True
+        yield conn
+    except psycopg.Error:
+        if conn.broken or conn.closed:
+            fairy.invalidate()
+            engine.dispose(close=False)
+        raise
+    finally:
+        if not (conn.broken or conn.closed):
+            conn.autocommit = False
+        fairy.close()
 
 
 def migrate(settings: Settings) -> str:
@@ -96,5 +137,5 @@ def translate_errors(settings: Settings) -> Iterator[None]:
 def is_connection_error(exc: BaseException) -> bool:
     """True for errors that mean the database went away (restart, network), not bad SQL."""
     return (isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)) or isinstance(
-        exc, OperationalError
+        exc, (OperationalError, psycopg.OperationalError)
     )

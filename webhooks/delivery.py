@@ -5,17 +5,24 @@ value the worker records and schedules from, never an exception. One `HttpSender
 each worker process and is shared by all its threads (one keep-alive connection pool).
 
 The two promises from the spec (connect only to checked public addresses; 10 s in total,
-however slowly a response trickles) are kept below httpx, in `webhooks.guarded_transport`;
-`send` sets the attempt's deadline there. Here: redirects are not followed, bodies are read
-raw (we ask for no compression) up to 64 KiB, and every failure becomes an error kind.
+however slowly a response trickles) are kept in the network layer, in
+`webhooks.guarded_transport`; `send` sets the attempt's deadline there. Here: redirects are
+not followed, bodies are read raw (we ask for no compression) up to 64 KiB, and every
+failure becomes an error kind.
+
+Requests go straight to httpcore's connection pool, the layer under `httpx.Client`: the
+client's request and response models, auth, redirect and cookie machinery cost about half
+of the CPU time of an attempt to a fast receiver (582 vs 271 µs measured), none of it used
+here. httpx still parses the URL and decodes the response headers, exactly as before.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
@@ -27,10 +34,10 @@ from webhooks.addresses import IPNetwork
 from webhooks.guarded_transport import (
     AddressBlocked,
     GuardedBackend,
-    GuardedTransport,
     NameNotResolved,
     TLSFailed,
     attempt_deadline,
+    guarded_pool,
 )
 
 __all__ = [
@@ -125,6 +132,20 @@ def _text(data: bytes | bytearray) -> str:
     return bytes(data).decode("utf-8", errors="replace").replace("\x00", "")
 
 
+class SenderClosed(RuntimeError):
+    """`HttpSender.send` was called after `HttpSender.close`."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(url: str) -> tuple[httpcore.URL, bytes]:
+    """The parsed URL and its Host header (endpoint URLs repeat: parse each once)."""
+    parsed = httpx.URL(url)
+    core_url = httpcore.URL(
+        scheme=parsed.raw_scheme, host=parsed.raw_host, port=parsed.port, target=parsed.raw_path
+    )
+    return core_url, parsed.netloc
+
+
 def _seconds(duration: timedelta) -> str:
     return f"{duration.total_seconds():g}s"
 
@@ -157,19 +178,16 @@ class HttpSender:
         self._resolver = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, max_connections), thread_name_prefix="webhooks-dns"
         )
-        transport = GuardedTransport(
+        self._pool = guarded_pool(
             backend=GuardedBackend(allowed_networks, self._resolver),
             ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
             max_connections=max_connections,
         )
-        self._client = httpx.Client(
-            transport=transport,
-            follow_redirects=False,
-            # Proxy and netrc settings from the environment must not route around the guard.
-            trust_env=False,
-            # Per-operation limits; the total deadline is enforced in the network stream.
-            timeout=httpx.Timeout(seconds),
-        )
+        self._closed = False
+        # Per-operation limits; the total deadline is enforced in the network stream.
+        self._extensions = {
+            "timeout": {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+        }
 
     def send(self, url: str, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
         """POST `body` to `url` once and describe what happened.
@@ -192,27 +210,38 @@ class HttpSender:
     def _attempt(
         self, url: str, headers: Mapping[str, str], body: bytes, started: float
     ) -> DeliveryOutcome:
-        request_headers = httpx.Headers(dict(headers))
-        # No compression: the raw bytes we count are the bytes we keep, so a small gzip
-        # bomb cannot inflate in memory.
-        request_headers["accept-encoding"] = "identity"
         status: int | None = None
         reason_phrase = ""
         response_headers: dict[str, str] = {}
         received = bytearray()
         try:
-            with self._client.stream("POST", url, headers=request_headers, content=body) as resp:
-                status = resp.status_code
-                reason_phrase = resp.reason_phrase
+            if self._closed:
+                raise SenderClosed("the HTTP sender is closed (the worker is shutting down)")
+            target, host = _target(url)
+            request = httpcore.Request(
+                b"POST",
+                target,
+                headers=self._headers(host, headers, len(body)),
+                content=body,
+                extensions=self._extensions,
+            )
+            response = self._pool.handle_request(request)
+            try:
+                status = response.status
+                reason_phrase = _reason_phrase(response)
                 response_headers = {
-                    key: value.replace("\x00", "") for key, value in resp.headers.items()
+                    key: value.replace("\x00", "")
+                    for key, value in httpx.Headers(response.headers).items()
                 }
                 # Content-Length is not trusted (it may lie or be absent): the raw bytes
                 # are counted, and past the cap the connection is dropped on close.
-                for chunk in resp.iter_raw():
+                assert isinstance(response.stream, Iterable)
+                for chunk in response.stream:
                     received += chunk[: MAX_RESPONSE_BODY_BYTES - len(received)]
                     if len(received) >= MAX_RESPONSE_BODY_BYTES:
                         break
+            finally:
+                response.close()
         except Exception as exc:
             kind, message = _classify(exc)
             if kind == "timeout":
@@ -237,6 +266,19 @@ class HttpSender:
             response_body=_text(received),
         )
 
+    @staticmethod
+    def _headers(host: bytes, headers: Mapping[str, str], length: int) -> list[tuple[bytes, bytes]]:
+        # What httpx.Client sent before us, less compression: the raw bytes we count are
+        # the bytes we keep, so a small gzip bomb cannot inflate in memory.
+        return [
+            (b"host", host),
+            (b"accept", b"*/*"),
+            (b"accept-encoding", b"identity"),
+            (b"connection", b"keep-alive"),
+            (b"content-length", str(length).encode("ascii")),
+            *((key.encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()),
+        ]
+
     def _timeout_message(self, status: int | None, received: int) -> str:
         limit = _seconds(self._timeout)
         if status is None:
@@ -251,7 +293,8 @@ class HttpSender:
 
     def close(self) -> None:
         """Close pooled connections and stop the DNS threads."""
-        self._client.close()
+        self._closed = True
+        self._pool.close()
         self._resolver.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> HttpSender:
@@ -264,6 +307,14 @@ class HttpSender:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _reason_phrase(response: httpcore.Response) -> str:
+    """The reason phrase as httpx reports it: the server's, else the standard one."""
+    phrase = response.extensions.get("reason_phrase")
+    if phrase is None:
+        return httpx.codes.get_reason_phrase(response.status)
+    return bytes(phrase).decode("ascii", errors="ignore")
 
 
 def _judge_status(

@@ -1,4 +1,4 @@
-"""The transport under every delivery: the SSRF guard and the total deadline, below httpx.
+"""The transport under every delivery: the SSRF guard and the total deadline, in httpcore.
 
 httpcore opens connections through a *network backend*; ours (`GuardedBackend`) is where
 both promises of `webhooks.delivery` are kept:
@@ -7,14 +7,14 @@ both promises of `webhooks.delivery` are kept:
   `webhooks.addresses.blocked_reason` nothing is sent, and otherwise the socket connects to
   the very address that was checked. A second lookup (what `socket.create_connection` would
   do) could be answered differently by a hostile DNS server: DNS rebinding.
-* Total deadline. httpx timeouts are per operation, so a body that trickles one byte per
-  second never trips them. `attemptattempt_deadline` holds the current attempt's deadline, and
+* Total deadline. httpcore timeouts are per operation, so a body that trickles one byte
+  per second never trips them. `attemptattempt_deadline` holds the current attempt's deadline, and
   every socket operation (DNS, connect, TLS handshake, each send and recv) is given at most
   the time that remains. DNS runs in a small thread pool because getaddrinfo has no
   timeout: at the deadline the lookup is abandoned, not waited for.
 
-`GuardedTransport` plugs the backend into httpx through a small `httpx.BaseTransport` around
-an `httpcore.ConnectionPool`, using only public names of both libraries.
+`guarded_pool` builds the `httpcore.ConnectionPool` on that backend that `HttpSender` sends
+through, using only public names of httpcore.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpcore
-import httpx
 
 from webhooks.addresses import IPNetwork, blocked_reason, literal_ip
 
@@ -249,106 +248,19 @@ class GuardedBackend(httpcore.NetworkBackend):
         time.sleep(seconds)
 
 
-# httpcore's exceptions as httpx's, most specific first, so that callers of the client see
-# the exceptions httpx documents. Our own subclasses stay reachable as __cause__.
-_HTTPX_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-)
-
-
-def _as_httpx_error(exc: Exception, request: httpx.Request) -> Exception:
-    for core_type, httpx_type in _HTTPX_EXCEPTIONS:
-        if isinstance(exc, core_type):
-            return httpx_type(str(exc), request=request)
-    return exc
-
-
-class _ResponseBody(httpx.SyncByteStream):
-    """httpcore's response stream, with its errors raised as httpx errors."""
-
-    def __init__(self, stream: Iterable[bytes], request: httpx.Request) -> None:
-        self._stream = stream
-        self._request = request
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self._stream
-        except Exception as exc:
-            mapped = _as_httpx_error(exc, self._request)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-
-    def close(self) -> None:
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            close()
-
-
-class GuardedTransport(httpx.BaseTransport):
-    """An httpcore connection pool on the guarded backend, as an httpx transport.
-
-    httpx's HTTPTransport builds its pool in __init__ and offers no way to pass a network
-    backend; replacing its private ``_pool`` would work but depends on a private name. This
-    small transport uses only public httpx and httpcore interfaces instead.
-    """
-
-    def __init__(
-        self,
-        *,
-        backend: httpcore.NetworkBackend,
-        ssl_context: ssl.SSLContext,
-        max_connections: int,
-    ) -> None:
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=5.0,
-            http1=True,
-            http2=False,
-            network_backend=backend,
-        )
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        try:
-            core_response = self._pool.handle_request(core_request)
-        except Exception as exc:
-            mapped = _as_httpx_error(exc, request)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-        assert isinstance(core_response.stream, Iterable)
-        return httpx.Response(
-            status_code=core_response.status,
-            headers=core_response.headers,
-            stream=_ResponseBody(core_response.stream, request),
-            extensions=core_response.extensions,
-        )
-
-    def close(self) -> None:
-        self._pool.close()
+def guarded_pool(
+    *,
+    backend: httpcore.NetworkBackend,
+    ssl_context: ssl.SSLContext,
+    max_connections: int,
+) -> httpcore.ConnectionPool:
+    """A keep-alive HTTP/1.1 connection pool that connects only through ``backend``."""
+    return httpcore.ConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=5.0,
+        http1=True,
+        http2=False,
+        network_backend=backend,
+    )

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -37,6 +38,9 @@ log = logging.getLogger("webhooks.dispatcher")
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 # How often a dispatcher says it is alive (`webhooks doctor` reads it).
 HEARTBEAT_EVERY = 5.0
+# How often expired leases are looked for. Leases last tens of seconds, so once a second is
+# soon enough, and it keeps two statements off the ticks that carry fresh events.
+REAP_EVERY = 1.0
 
 
 @dataclass
@@ -47,6 +51,7 @@ class TickResult:
     claimed: int
     sent: int
     waiting: int = 0
+    next_due: datetime | None = None
 
 
 def task_id(claim: Claim) -> str:
@@ -56,19 +61,25 @@ def task_id(claim: Claim) -> str:
 
 def send_claim(app: Celery, settings: Settings, claim: Claim, producer: Any) -> None:
     """Publish the ``webhooks.deliver`` message of one claim."""
+    kwargs = {
+        "delivery_id": claim.delivery_id,
+        "event_id": claim.event_id,
+        "endpoint_id": claim.endpoint_id,
+        "attempt": claim.attempt,
+        "claim_token": claim.claim_token,
+        "trigger": claim.trigger,
+    }
     app.send_task(
         "webhooks.deliver",
-        kwargs={
-            "delivery_id": claim.delivery_id,
-            "event_id": claim.event_id,
-            "endpoint_id": claim.endpoint_id,
-            "attempt": claim.attempt,
-            "claim_token": claim.claim_token,
-            "trigger": claim.trigger,
-        },
+        kwargs=kwargs,
         queue=settings.queue,
         task_id=task_id(claim),
         producer=producer,
+        # What Flower shows as the arguments. Celery would build the same text with its
+        # length-capped `saferepr`, a visible share of the dispatcher's time per message;
+        # these values are short ids and numbers, so plain repr is exact and cheap.
+        argsrepr="()",
+        kwargsrepr=repr(kwargs),
     )
 
 
@@ -78,28 +89,41 @@ class Dispatcher:
     def __init__(self, settings: Settings, app: Celery, engine: Engine | None = None) -> None:
         self.settings = settings
         self.app = app
-        self.engine = engine or create_engine(settings, pool_size=2)
+        # No pre-ping: a statement on a dead connection fails the tick, and `run` starts over.
+        self.engine = engine or create_engine(settings, pool_size=2, pre_ping=False)
         self._stopping = threading.Event()
         self._listener: psycopg.Connection[Any] | None = None
         self.id = new_dispatcher_id()
         self._last_beat = float("-inf")
+        self._last_reap = float("-inf")
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick and return."""
         self._stopping.set()
 
     def tick(self) -> TickResult:
-        """Reap expired leases, claim a batch, send its messages."""
+        """Reap expired leases (now and then), claim a batch, send its messages.
+
+        When the batch was not full, the same transaction also reads when the next pending
+        delivery falls due, for `run` to sleep until then.
+        """
         now = clock.now()
+        reaped = 0
+        next_due = None
+        limit = self.settings.dispatch_batch_size
         with self.engine.begin() as conn:
-            reaped = reap_expired_leases(conn, self.settings, now)
-            batch = claim_due(conn, self.settings, now, self.settings.dispatch_batch_size)
+            if time.monotonic() - self._last_reap >= REAP_EVERY:
+                reaped = reap_expired_leases(conn, self.settings, now)
+                self._last_reap = time.monotonic()
+            batch = claim_due(conn, self.settings, now, limit)
+            if len(batch.claims) < limit:
+                next_due = next_due_at(conn, self.settings, now)
         if reaped:
             log.warning("dispatcher.leases_expired", extra={"count": reaped})
             metrics.LEASES_EXPIRED.inc(reaped)
         metrics.CLAIMED.inc(len(batch.claims))
         sent = self._send(batch.claims)
-        return TickResult(reaped, len(batch.claims), sent, batch.waiting)
+        return TickResult(reaped, len(batch.claims), sent, batch.waiting, next_due)
 
     def _send(self, claims: list[Claim]) -> int:
         sent = 0
@@ -133,7 +157,7 @@ class Dispatcher:
                 failures = 0
                 if result.claimed >= self.settings.dispatch_batch_size:
                     continue  # more is due right now
-                wait = self._seconds_until_next_due()
+                wait = self._seconds_until(result.next_due)
                 if result.waiting:
                     # Rows are due but their endpoints are at their cap: slots free up as
                     # attempts finish, and nothing notifies us of that.
@@ -160,14 +184,11 @@ class Dispatcher:
             self._last_beat = time.monotonic()
         return True
 
-    def _seconds_until_next_due(self) -> float:
+    def _seconds_until(self, due: datetime | None) -> float:
         poll = self.settings.dispatch_poll_interval.total_seconds()
-        with self.engine.connect() as conn:
-            now = clock.now()
-            due = next_due_at(conn, self.settings, now)
         if due is None:
             return poll
-        return max(0.0, min(poll, (due - now).total_seconds()))
+        return max(0.0, min(poll, (due - clock.now()).total_seconds()))
 
     def _wait(self, seconds: float) -> None:
         if not self.settings.notify:

@@ -44,7 +44,7 @@ def get_resources() -> WorkerResources:
             settings = Settings.from_env()
             _resources = WorkerResources(
                 settings=settings,
-                engine=create_engine(settings, pool_size=20),
+                engine=create_engine(settings, pool_size=20, pre_ping=False),
                 sender=HttpSender(
                     timeout=settings.timeout, allowed_networks=settings.allowed_networks
                 ),
