@@ -6,7 +6,9 @@ N events are published with nothing consuming, then the consumers start, and the
 (distinct arrivals - 1) / (last arrival - first arrival) as the receiver logged them.
 Latency is measured at a paced load: events published one per transaction at a fixed rate
 while everything runs, from the moment the publisher's commit returned to the receiver's
-logged arrival.
+logged arrival. Every paced run (no-op, naive, product) first sends `Config.warmup_events`
+at the same pace and waits for them, so that one-time costs of a process that just started
+(connections, imports, thread start-up) are not counted as latency.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class Config:
     concurrency: int = 32
     blackholed: int = 2  # of PROJECTS endpoints: 10 %
     rss_events: int = 20
+    # Events sent before a paced run's measured ones, and waited for: the figures are the
+    # steady state, not the first requests of a process that just started.
+    warmup_events: int = 50
     logdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     drain_timeout: float = 600.0
 
@@ -166,6 +171,15 @@ def noop_run(config: Config, per_second: float | None, count: int) -> Outcome:
                 procs.celery_worker("bench.noop_app", config.concurrency, "noop")
             else:
                 procs.celery_worker("bench.noop_app", config.concurrency, "noop")
+                warm_key = f"{key}:warm"
+
+                def warm(i: int) -> tuple[str, float]:
+                    noop_app.noop.apply_async((warm_key, time.time()), producer=prod)
+                    return str(i), time.time()
+
+                Pacer(per_second, config.warmup_events).run(warm)
+                wait_until(lambda: client.llen(warm_key) >= config.warmup_events, timeout=60)
+                client.delete(warm_key)
 
                 def send(i: int) -> tuple[str, float]:
                     now = time.time()
@@ -255,14 +269,28 @@ def naive_run(
                 if measure_rss:
                     time.sleep(1.0)
                     out.figures["rss_before_mb"] = worker.rss_bytes() / 2**20
+                else:
+                    warm = config.warmup_events // 5  # the naive design runs ~30/s
+                    Pacer(per_second, warm).run(lambda i: publish_one(-1 - i))
+                    _wait_stalling(stored, warm, 120, stall=35.0)
+                    baseline_stored = stored()
                 committed, achieved = Pacer(per_second, count).run(publish_one)
                 out.figures["paced_per_s"] = achieved
-            done = _wait_stalling(stored, count, config.drain_timeout, stall=35.0)
+            if per_second is not None and not measure_rss:
+                already = baseline_stored
+
+                def measured() -> int:
+                    return stored() - already
+
+                done = _wait_stalling(measured, count, config.drain_timeout, stall=35.0)
+                n_stored = measured()
+            else:
+                done = _wait_stalling(stored, count, config.drain_timeout, stall=35.0)
+                n_stored = stored()
             if measure_rss:
                 time.sleep(1.0)
                 out.figures["rss_after_mb"] = worker.rss_bytes() / 2**20
             arrived = {k: v for k, v in first_arrivals(target, offset).items() if k in committed}
-            n_stored = stored()
     finally:
         engine.dispose()
         drop_schema(schema)
@@ -410,9 +438,11 @@ def product_run(
         engine = engine_for(settings)
         projects = _endpoints(settings, engine, urls, f"proj_b{secrets.token_hex(2)}_")
         dep = Deployment(env, settings, engine, projects, set(projects[n_black:]))
-        healthy_total = count - sum(
+        healthy_events = count - sum(
             1 for i in range(count) if projects[i % PROJECTS] not in dep.healthy
         )
+        warm = 0 if per_second is None else config.warmup_events
+        healthy_total = healthy_events + warm  # every warm-up event goes to a healthy endpoint
         offset = fast.offset()
         try:
             with Processes(config.logdir, env) as procs:
@@ -423,6 +453,18 @@ def product_run(
                 else:
                     procs.celery_worker("workers", config.concurrency, "worker")
                     procs.dispatcher()
+                    healthy_projects = [p for p in projects if p in dep.healthy]
+                    for i in range(warm):
+                        with engine.begin() as conn:
+                            publish(
+                                conn,
+                                project_id=healthy_projects[i % len(healthy_projects)],
+                                type="deployment.warmup",
+                                data={**PAYLOAD, "n": -1 - i},
+                                settings=settings,
+                            )
+                        time.sleep(1.0 / per_second)
+                    wait_until(lambda: _healthy_succeeded(dep) >= warm, timeout=60, interval=0.1)
 
                     def publish_one(i: int) -> tuple[str, float]:
                         with engine.begin() as conn:
@@ -452,9 +494,10 @@ def product_run(
     out.figures.update(
         {
             "events": float(count),
-            "healthy_events": float(healthy_total),
+            "warmup_events": float(warm),
+            "healthy_events": float(healthy_events),
             "healthy_arrived": float(len(arrivals)),
-            "healthy_succeeded": float(healthy.get("succeeded", 0)),
+            "healthy_succeeded": float(healthy.get("succeeded", 0) - warm),
             "lost": float(healthy_total - healthy.get("succeeded", 0)),
             "never_attempted": float(healthy.get("never_attempted", 0)),
             "attempts_stored": float(stored),

@@ -26,16 +26,26 @@ from webhooks.errors import DatabaseUnavailable
 from webhooks.settings import Settings
 
 
-def create_engine(settings: Settings, *, pool_size: int = 5, pre_ping: bool = True) -> Engine:
+def create_engine(
+    settings: Settings, *, pool_size: int = 5, pre_ping: bool = True, wait_for_flush: bool = True
+) -> Engine:
     """Return an engine for `DATABASE_URL`.
 
     By default connections are checked before use (a ``SELECT 1`` round trip per checkout)
     so that a Postgres restart costs one reconnect, not a failed command. The worker and the
     dispatcher pass ``pre_ping=False``: on their hot paths that round trip is a measurable
     share of the work, and they retry a statement that failed on a dead connection instead.
+
+    ``wait_for_flush=False`` sets ``synchronous_commit=off`` on the engine's sessions: a
+    commit returns before its WAL record reaches the disk, and a Postgres crash may forget
+    the last few hundred milliseconds of them. Only for writers whose every write is safe to
+    forget (the dispatcher: a forgotten claim leaves its row due, and the worker that got
+    its message finds the claim token unknown and sends nothing).
     """
+    connect_args = {} if wait_for_flush else {"options": "-c synchronous_commit=off"}
     return sa.create_engine(
         settings.database_url,
+        connect_args=connect_args,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,

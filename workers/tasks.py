@@ -19,6 +19,7 @@ from webhooks.json_logs import JsonFormatter
 from webhooks.logs import KeyValueFormatter, quiet_libraries
 from webhooks.settings import Settings
 from workers.app import app
+from workers.heap import freeze_startup_objects
 from workers.resources import close_resources, get_resources
 
 
@@ -61,6 +62,7 @@ def _ready(**_: Any) -> None:
     # The threads pool runs tasks in this process. (A prefork pool's children would each need
     # prometheus-client's multiprocess mode; only this process serves the port.)
     metrics.serve(get_resources().settings)
+    freeze_startup_objects()
 
 
 @worker_shutdown.connect
@@ -77,3 +79,9 @@ def _log_ids(logger: logging.Logger, **_: Any) -> None:
         fmt = handler.formatter._fmt if handler.formatter else None
         handler.setFormatter(JsonFormatter() if json_format else KeyValueFormatter(fmt))
     quiet_libraries()
+    # One INFO line per attempt is ours (`attempt.recorded`: ids, status, error kind,
+    # duration, state). Celery's "received" and "succeeded in" lines per task said it again,
+    # the first on the consumer thread every message passes through; failures are still
+    # logged, at WARNING and above.
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
