@@ -353,7 +353,9 @@ def render(results: dict[str, Any]) -> str:
         f"{cfg.get('naive_events')} per naive throughput run (its rate is steady; 10,000 "
         f"would take ~10 min a run), {cfg.get('paced_events')} per paced product/no-op run "
         f"and {cfg.get('naive_paced_events')} per paced naive run, paced at "
-        f"{fmt(meta.get('paced_per_s', float('nan')))}/s (half the product's median peak). "
+        f"{fmt(meta.get('paced_per_s', float('nan')))}/s (half the product's median peak), "
+        "each after warm-up events at the same pace (50 for the product and the no-op, 10 "
+        "for the naive baseline) that are waited for and not counted. "
         f"Worker: `-P threads -c {cfg.get('concurrency')}` for the no-op, the naive baseline "
         f"and the product alike. Whole invocation: {meta.get('elapsed_seconds')} s.",
         "- Ratios are per run (product of run *i* over the baseline of run *i*), then "

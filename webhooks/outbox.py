@@ -23,9 +23,10 @@ MAX_ENVELOPE_BYTES = 262_144
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_PROJECT_ID_LENGTH = 200
 
-# One round trip records the event and fans it out to every subscribed endpoint of the
-# project. A disabled endpoint still gets its delivery, held (next_attempt_at NULL) until it
-# is enabled. The filter rule is `event_types.matches`, in SQL.
+# One round trip records the event, fans it out to every subscribed endpoint of the project
+# and, if any delivery is due, notifies the dispatchers (delivered at commit). A disabled
+# endpoint still gets its delivery, held (next_attempt_at NULL) until it is enabled. The
+# filter rule is `event_types.matches`, in SQL.
 PUBLISH = """
 WITH event AS (
     INSERT INTO {s}.events (id, project_id, type, payload, idempotency_key, created_at)
@@ -44,9 +45,13 @@ WITH event AS (
            OR EXISTS (SELECT 1 FROM unnest(e.event_types) f
                       WHERE right(f, 2) = '.*' AND starts_with(:type, left(f, -1))))
     RETURNING next_attempt_at
+), counted AS (
+    SELECT (SELECT id FROM event) AS id,
+           (SELECT count(*) FROM fan_out WHERE next_attempt_at IS NOT NULL) AS due
 )
-SELECT (SELECT id FROM event) AS id,
-       (SELECT count(*) FROM fan_out WHERE next_attempt_at IS NOT NULL) AS due
+SELECT id, due, CASE WHEN CAST(:notify AS boolean) AND due > 0
+                     THEN pg_notify(:channel, '') END AS notified
+FROM counted
 """
 
 EXISTING_EVENT = """
@@ -67,12 +72,17 @@ def channel(settings: Settings) -> str:
     return f"{settings.db_schema}_due"
 
 
-def notify_dispatchers(conn: Connection | Session, settings: Settings) -> None:
+# The payload of a notification that replays were queued: dispatchers look for queued
+# replays when they get one, and otherwise only once a second.
+REPLAYS_QUEUED = "replays"
+
+
+def notify_dispatchers(conn: Connection | Session, settings: Settings, payload: str = "") -> None:
     """Wake the dispatchers when the transaction commits (a no-op if it rolls back)."""
     if settings.notify:
         conn.execute(
-            sql("SELECT pg_notify(:channel, '')", settings.db_schema),
-            {"channel": channel(settings)},
+            sql("SELECT pg_notify(:channel, :payload)", settings.db_schema),
+            {"channel": channel(settings), "payload": payload},
         )
 
 
@@ -157,13 +167,13 @@ def publish_event(
         "idempotency_key": idempotency_key,
         "created_at": now.replace(microsecond=0),
         "now": now,
+        "notify": settings.notify,
+        "channel": channel(settings),
     }
     row = session.execute(sql(PUBLISH, settings.db_schema), params).one()
     if row.id is None:
         existing = session.execute(sql(EXISTING_EVENT, settings.db_schema), params).scalar_one()
         return PublishResult(id=existing, duplicate=True)
-    if row.due:
-        notify_dispatchers(session, settings)
     return PublishResult(id=row.id, duplicate=False)
 
 

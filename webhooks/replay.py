@@ -19,7 +19,7 @@ from webhooks.database import sql
 from webhooks.endpoints import get_endpoint
 from webhooks.errors import EventNotFound, InvalidArgument
 from webhooks.models import DELIVERY_STATES
-from webhooks.outbox import notify_dispatchers
+from webhooks.outbox import REPLAYS_QUEUED, notify_dispatchers
 from webhooks.settings import Settings
 
 REPLAY_STATUSES = DELIVERY_STATES
@@ -86,7 +86,7 @@ def replay_event(
             "filter that did not match, or an endpoint created later); nothing to replay"
         )
     if queued:
-        notify_dispatchers(conn, settings)
+        notify_dispatchers(conn, settings, REPLAYS_QUEUED)
     return int(queued)
 
 
@@ -109,7 +109,7 @@ def replay_bulk(
     for ids in _pages(engine, settings, selection):
         with engine.begin() as conn:
             conn.execute(sql(QUEUE_REPLAYS, settings.db_schema), {"ids": ids, "now": clock.now()})
-            notify_dispatchers(conn, settings)
+            notify_dispatchers(conn, settings, REPLAYS_QUEUED)
         total += len(ids)
         on_progress(len(ids))
     return total

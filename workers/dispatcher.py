@@ -30,7 +30,7 @@ from webhooks.admission import CAPACITY_RECHECK
 from webhooks.claims import Claim, claim_due, next_due_at, reap_expired_leases, release_claims
 from webhooks.database import create_engine
 from webhooks.heartbeats import beat, forget, new_dispatcher_id
-from webhooks.outbox import channel
+from webhooks.outbox import REPLAYS_QUEUED, channel
 from webhooks.settings import Settings
 
 log = logging.getLogger("webhooks.dispatcher")
@@ -41,6 +41,8 @@ HEARTBEAT_EVERY = 5.0
 # How often expired leases are looked for. Leases last tens of seconds, so once a second is
 # soon enough, and it keeps two statements off the ticks that carry fresh events.
 REAP_EVERY = 1.0
+# How often queued replays are looked for without a notification saying there are some.
+REPLAYS_EVERY = 1.0
 
 
 @dataclass
@@ -101,6 +103,8 @@ class Dispatcher:
         self.id = new_dispatcher_id()
         self._last_beat = float("-inf")
         self._last_reap = float("-inf")
+        self._last_replay_check = float("-inf")
+        self._replays_queued = False
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick and return."""
@@ -120,7 +124,13 @@ class Dispatcher:
             if time.monotonic() - self._last_reap >= REAP_EVERY:
                 reaped = reap_expired_leases(conn, self.settings, now)
                 self._last_reap = time.monotonic()
-            batch = claim_due(conn, self.settings, now, limit)
+            replays = self._replays_queued or (
+                time.monotonic() - self._last_replay_check >= REPLAYS_EVERY
+            )
+            if replays:
+                self._replays_queued = False
+                self._last_replay_check = time.monotonic()
+            batch = claim_due(conn, self.settings, now, limit, replays=replays)
             if len(batch.claims) < limit:
                 next_due = next_due_at(conn, self.settings, now)
         if reaped:
@@ -203,11 +213,15 @@ class Dispatcher:
         deadline = time.monotonic() + seconds
         # Several notifications may be queued (one per publishing commit): one tick serves
         # them all, so drain what is there after the first.
-        for _ in listener.notifies(timeout=max(seconds, 0.0), stop_after=1):
-            pass
+        for notification in listener.notifies(timeout=max(seconds, 0.0), stop_after=1):
+            self._note(notification)
         if time.monotonic() < deadline:
-            for _ in listener.notifies(timeout=0.0):
-                pass
+            for notification in listener.notifies(timeout=0.0):
+                self._note(notification)
+
+    def _note(self, notification: psycopg.Notify) -> None:
+        if notification.payload == REPLAYS_QUEUED:
+            self._replays_queued = True
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
