@@ -106,11 +106,12 @@ RELEASE_REPLAY = """
 UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at = NULL
 WHERE claim_token = CAST(:token AS uuid) AND state = 'delivering'
 """
-# Only future rows: rows already due but not claimable (their endpoint is at its cap) are
-# the dispatcher's capacity re-check's business, not a reason to spin.
+# The earliest time any pending row falls due; the first entry of the due index. Read right
+# after a claim, a time already past means due rows were left behind: their endpoints are
+# at their cap (or another dispatcher holds them), and the dispatcher looks again within
+# `admission.CAPACITY_RECHECK` instead of sleeping until the poll.
 NEXT_DUE = """
-SELECT min(next_attempt_at) FROM {s}.deliveries
-WHERE state = 'pending' AND next_attempt_at > :now
+SELECT min(next_attempt_at) FROM {s}.deliveries WHERE state = 'pending'
 """
 
 # The worker's first step: prove the claim is still ours and read what to send. A plain read
@@ -320,11 +321,9 @@ def release_claims(
         conn.execute(sql(statement, settings.db_schema), {"token": claim.claim_token, "now": now})
 
 
-def next_due_at(conn: Connection, settings: Settings, now: datetime) -> datetime | None:
-    """When the next pending delivery falls due after ``now`` (None: nothing scheduled)."""
-    value: datetime | None = conn.execute(
-        sql(NEXT_DUE, settings.db_schema), {"now": now}
-    ).scalar_one()
+def next_due_at(conn: Connection, settings: Settings) -> datetime | None:
+    """When the earliest pending delivery is due, maybe already (None: nothing scheduled)."""
+    value: datetime | None = conn.execute(sql(NEXT_DUE, settings.db_schema)).scalar_one()
     return value
 
 

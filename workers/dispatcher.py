@@ -102,8 +102,7 @@ class Dispatcher:
         self._listener: psycopg.Connection[Any] | None = None
         self.id = new_dispatcher_id()
         self._last_beat = float("-inf")
-        self._last_reap = float("-inf")
-        self._last_replay_check = float("-inf")
+        self._last: dict[str, float] = {}
         self._replays_queued = False
 
     def stop(self) -> None:
@@ -111,34 +110,39 @@ class Dispatcher:
         self._stopping.set()
 
     def tick(self) -> TickResult:
-        """Reap expired leases (now and then), claim a batch, send its messages.
+        """Claim a batch and send its messages.
 
-        When the batch was not full, the same transaction also reads when the next pending
-        delivery falls due, for `run` to sleep until then.
+        In the same transaction: now and then (the ``*_EVERY`` above) reap expired leases
+        and look for queued replays (at once when a notification said some were queued);
+        when the batch was not full, read when the earliest pending delivery is due, for
+        `run` to know how long it may sleep.
         """
         now = clock.now()
         reaped = 0
-        next_due = None
         limit = self.settings.dispatch_batch_size
         with self.engine.begin() as conn:
-            if time.monotonic() - self._last_reap >= REAP_EVERY:
+            if self._every("reap", REAP_EVERY):
                 reaped = reap_expired_leases(conn, self.settings, now)
-                self._last_reap = time.monotonic()
-            replays = self._replays_queued or (
-                time.monotonic() - self._last_replay_check >= REPLAYS_EVERY
-            )
-            if replays:
-                self._replays_queued = False
-                self._last_replay_check = time.monotonic()
+            replays = self._every("replays", REPLAYS_EVERY) or self._replays_queued
+            self._replays_queued = False
             batch = claim_due(conn, self.settings, now, limit, replays=replays)
+            next_due = None
             if len(batch.claims) < limit:
-                next_due = next_due_at(conn, self.settings, now)
+                next_due = next_due_at(conn, self.settings)
         if reaped:
             log.warning("dispatcher.leases_expired", extra={"count": reaped})
             metrics.LEASES_EXPIRED.inc(reaped)
         metrics.CLAIMED.inc(len(batch.claims))
         sent = self._send(batch.claims)
         return TickResult(reaped, len(batch.claims), sent, batch.waiting, next_due)
+
+    def _every(self, what: str, seconds: float) -> bool:
+        """True (and the clock restarted) if ``what`` was last done ``seconds`` ago or more."""
+        now = time.monotonic()
+        if now - self._last.get(what, float("-inf")) < seconds:
+            return False
+        self._last[what] = now
+        return True
 
     def _send(self, claims: list[Claim]) -> int:
         sent = 0
@@ -173,10 +177,10 @@ class Dispatcher:
                 if result.claimed >= self.settings.dispatch_batch_size:
                     continue  # more is due right now
                 wait = self._seconds_until(result.next_due)
-                if result.waiting:
-                    # Rows are due but their endpoints are at their cap: slots free up as
-                    # attempts finish, and nothing notifies us of that.
-                    wait = min(wait, CAPACITY_RECHECK.total_seconds())
+                if result.waiting or wait == 0.0:
+                    # Rows are due but were not claimed: their endpoints are at their cap.
+                    # Slots free up as attempts finish, and nothing notifies us of that.
+                    wait = CAPACITY_RECHECK.total_seconds()
                 self._wait(wait)
             except (sa.exc.DBAPIError, psycopg.Error) as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
