@@ -1,11 +1,13 @@
 """The dispatcher: moves due deliveries from Postgres to the broker.
 
-Each tick reaps expired leases, claims a batch of due rows, commits the claims, and only then
-sends one ``webhooks.deliver`` message per claim (a message for an uncommitted claim could
-reach a worker before the claim is visible). Between ticks it waits on LISTEN/NOTIFY (publish
-and enable notify at commit) or until the next scheduled retry falls due, whichever is first,
-and polls at least every `WEBHOOKS_DISPATCH_POLL` in case a notification was missed. Any
-number of dispatchers may run: ``SKIP LOCKED`` hands each row to one of them.
+Each tick claims a batch of due rows (and, once a second, reaps expired leases), commits the
+claims, and only then sends one ``webhooks.deliver`` message per claim (a message for an
+uncommitted claim could reach a worker before the claim is visible). Between ticks it waits
+on LISTEN/NOTIFY (publish, enable and replay notify at commit) or until the next scheduled
+retry falls due, whichever is first, re-checks within 50 ms while due rows wait only for
+their endpoint's cap, and polls at least every `WEBHOOKS_DISPATCH_POLL` in case a
+notification was missed. Any number of dispatchers may run: ``SKIP LOCKED`` hands each row
+to one of them.
 """
 
 from __future__ import annotations
