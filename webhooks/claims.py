@@ -153,12 +153,18 @@ SET attempt_count = :attempt_count, failed_attempts = :failed_attempts,
     claim_token = :claim_token, lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id = :delivery_id
 """
+# The columns of an attempt row, in the order both INSERTs below give their values.
+ATTEMPT_COLUMNS = """(delivery_id, event_id, endpoint_id, number, trigger, started_at,
+    duration_ms, request_url, request_headers, response_status, response_headers,
+    response_body, error_kind, error_message)"""
+
 # A 2xx under the current claim, the common case, in one statement (one round trip, atomic
 # on its own): settle the delivery, close the endpoint's breaker and clear its failing mark
 # if either is set (`health.after_attempt` does the same on the general path), and store
 # the attempt numbered from the row it updated. No row back: the claim moved on (replayed,
 # superseded, reaped) and `record_attempt`'s locked path decides instead.
-RECORD_SUCCESS = """
+RECORD_SUCCESS = (
+    """
 WITH d AS (
     UPDATE {s}.deliveries
     SET state = 'succeeded', attempt_count = attempt_count + 1, next_attempt_at = NULL,
@@ -172,27 +178,30 @@ WITH d AS (
       AND (consecutive_failures <> 0 OR breaker_open_until IS NOT NULL
            OR failing_since IS NOT NULL)
 )
-INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, started_at,
-    duration_ms, request_url, request_headers, response_status, response_headers,
-    response_body, error_kind, error_message)
+INSERT INTO {s}.attempts """
+    + ATTEMPT_COLUMNS
+    + """
 SELECT d.id, :event_id, :endpoint_id, d.attempt_count, 'scheduled', :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
     CAST(:response_headers AS jsonb), :response_body, NULL, NULL
 FROM d
 RETURNING number
 """
+)
 FINISH_REPLAY = """
 UPDATE {s}.replays SET state = 'done', claim_token = NULL, lease_expires_at = NULL
 WHERE claim_token = CAST(:token AS uuid)
 """
-INSERT_ATTEMPT = """
-INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, started_at,
-    duration_ms, request_url, request_headers, response_status, response_headers,
-    response_body, error_kind, error_message)
+INSERT_ATTEMPT = (
+    """
+INSERT INTO {s}.attempts """
+    + ATTEMPT_COLUMNS
+    + """
 VALUES (:delivery_id, :event_id, :endpoint_id, :number, :trigger, :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
     CAST(:response_headers AS jsonb), :response_body, :error_kind, :error_message)
 """
+)
 
 
 @dataclass(frozen=True)

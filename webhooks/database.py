@@ -56,7 +56,11 @@ def create_engine(
 @functools.lru_cache(maxsize=512)
 def sql(statement: str, schema: str) -> sa.TextClause:
     """Return ``statement`` as a SQL clause with ``{s}`` replaced by the quoted schema."""
-    return sa.text(statement.replace("{s}", f'"{schema}"'))
+    return sa.text(_qualify(statement, schema))
+
+
+def _qualify(statement: str, schema: str) -> str:
+    return statement.replace("{s}", f'"{schema}"')
 
 
 # `:name` binds, as `sa.text` reads them (the statements here use CAST, never `::`).
@@ -66,7 +70,7 @@ _BIND = re.compile(r"(?<![:\w]):(\w+)")
 @functools.lru_cache(maxsize=64)
 def driver_sql(statement: str, schema: str) -> str:
     """``statement`` for psycopg itself: the schema put in, ``:name`` as ``%(name)s``."""
-    return _BIND.sub(r"%(\1)s", statement.replace("{s}", f'"{schema}"'))
+    return _BIND.sub(r"%(\1)s", _qualify(statement, schema))
 
 
 @contextmanager
