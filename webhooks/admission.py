@@ -20,7 +20,10 @@ a slot (the dispatcher's query skips endpoints already at their cap, so the rows
 are reached, and it looks again within `CAPACITY_RECHECK`). A row of an endpoint whose breaker
 tripped is *deferred*: its `next_attempt_at` moves to when the breaker closes (or, past the
 half-open probe, one step later), so a dead endpoint's backlog leaves the front of the due
-index instead of being walked over at every claim. The retry window still applies.
+index instead of being walked over at every claim. The retry window holds here too: a row
+whose deferral would take it past its window's end (72 h after its first attempt) is
+*expired* instead, i.e. it fails as if its last retry had; a row never attempted yet (held
+by a disabled endpoint, say) has no window yet.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Candidate:
     endpoint_id: str
     consecutive_failures: int
     breaker_open_until: datetime | None
+    window_end: datetime | None = None
 
 
 # A rate-limited endpoint that was idle may receive up to this much of its rate at once.
@@ -99,6 +103,7 @@ class Admission:
     defer: dict[str, datetime] = field(default_factory=dict)
     waiting: int = 0
     next_send_at: dict[str, datetime] = field(default_factory=dict)
+    expire: tuple[str, ...] = ()
 
 
 def admit(
@@ -157,4 +162,18 @@ def admit(
         endpoint: first_slot[endpoint] + rates[endpoint].interval * sent[endpoint]
         for endpoint in sent
     }
-    return Admission(claim=tuple(claim), defer=defer, waiting=waiting, next_send_at=next_send_at)
+    window_end = {c.delivery_id: c.window_end for c in candidates}
+    expire = tuple(
+        delivery
+        for delivery, at in defer.items()
+        if (end := window_end[delivery]) is not None and at > end
+    )
+    for delivery in expire:
+        del defer[delivery]
+    return Admission(
+        claim=tuple(claim),
+        defer=defer,
+        waiting=waiting,
+        next_send_at=next_send_at,
+        expire=expire,
+    )

@@ -10,7 +10,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -98,8 +98,21 @@ def run_attempt(
         return AttemptReport(delivery_id=claim.delivery_id, attempt=None, skipped=True)
     started_at = clock.now()
     headers = request_headers(job, int(started_at.timestamp()))
-    outcome = sender.send(job.url, headers, job.payload)
-    recorded = _record_with_retries(engine, settings, job, outcome, started_at, headers)
+    outcome = refuse_plain_http(job.url, settings) or sender.send(job.url, headers, job.payload)
+    # From here on the request went out: its attempt is stored whatever happens next.
+    try:
+        recorded = _record_with_retries(engine, settings, job, outcome, started_at, headers)
+    except Exception as exc:
+        if _is_database_down(exc):
+            raise  # tried for a whole lease; the delivery is claimed again when it ends
+        log.exception(
+            "attempt.uninterpretable",
+            extra={"delivery_id": claim.delivery_id, "attempt": claim.attempt},
+        )
+        outcome = uninterpreted(outcome, exc)
+        recorded = _record_with_retries(
+            engine, settings, job, outcome, started_at, headers, interpret=False
+        )
     duration_ms = round(outcome.duration.total_seconds() * 1000)
     observe_attempt(
         state=recorded.state,
@@ -147,6 +160,60 @@ def _begin(engine: Engine, settings: Settings, claim: Claim) -> AttemptJob | Non
     raise AssertionError("unreachable")
 
 
+def refuse_plain_http(url: str, settings: Settings) -> DeliveryOutcome | None:
+    """A `blocked` outcome for an ``http://`` URL while `WEBHOOKS_ALLOW_HTTP` is off.
+
+    The URL was checked when the endpoint was created, perhaps while plain HTTP was allowed;
+    the setting in force now decides, and nothing is sent.
+    """
+    if settings.allow_http or not url.lower().startswith("http://"):
+        return None
+    return DeliveryOutcome(
+        status=None,
+        error_kind="blocked",
+        error_message=(
+            "plain http:// endpoints are not allowed (WEBHOOKS_ALLOW_HTTP is off); "
+            "change the endpoint's URL to https://"
+        ),
+        duration=timedelta(0),
+    )
+
+
+# Longest exception text kept in the message of an attempt that could not be interpreted.
+_MAX_REASON_CHARS = 500
+
+
+def uninterpreted(outcome: DeliveryOutcome, exc: Exception) -> DeliveryOutcome:
+    """The outcome to store when reading a response raised ``exc``: error kind `other`.
+
+    The status, headers and body are kept as received, made safe to store (no NUL, no lone
+    surrogate), so the attempt is visible as it happened; the next try follows the plain
+    schedule.
+    """
+    reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON_CHARS]
+    return DeliveryOutcome(
+        status=outcome.status,
+        error_kind="other",
+        error_message=(
+            f"the attempt was made but its response could not be interpreted ({reason}); "
+            "the next attempt follows the normal retry schedule"
+        ),
+        duration=outcome.duration,
+        response_headers={
+            _storable(key): _storable(value) for key, value in outcome.response_headers.items()
+        },
+        response_body=None if outcome.response_body is None else _storable(outcome.response_body),
+    )
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "")
+
+
+def _is_database_down(exc: Exception) -> bool:
+    return isinstance(exc, DBAPIError | psycopg.OperationalError) and is_connection_error(exc)
+
+
 def _record(
     engine: Engine,
     settings: Settings,
@@ -154,6 +221,7 @@ def _record(
     outcome: DeliveryOutcome,
     started_at: datetime,
     headers: dict[str, str],
+    interpret: bool = True,
 ) -> RecordedAttempt:
     """One try at storing the attempt: the one-statement success, else the locked path."""
     fields: dict[str, Any] = {
@@ -167,7 +235,7 @@ def _record(
         if recorded is not None:
             return recorded
     with engine.begin() as conn:
-        return record_attempt(conn, settings, job, now=clock.now(), **fields)
+        return record_attempt(conn, settings, job, now=clock.now(), interpret=interpret, **fields)
 
 
 def _record_with_retries(
@@ -177,11 +245,12 @@ def _record_with_retries(
     outcome: DeliveryOutcome,
     started_at: datetime,
     headers: dict[str, str],
+    interpret: bool = True,
 ) -> RecordedAttempt:
     give_up_at = time.monotonic() + settings.lease.total_seconds()
     for tries in itertools.count():
         try:
-            return _record(engine, settings, job, outcome, started_at, headers)
+            return _record(engine, settings, job, outcome, started_at, headers, interpret)
         except (DBAPIError, psycopg.OperationalError) as exc:
             # "Connection refused" and "the database system is shutting down" come from a
             # reconnect, with no connection to invalidate: is_connection_error knows them.

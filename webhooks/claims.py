@@ -23,17 +23,29 @@ from webhooks.admission import Candidate, IsolationPolicy, RateLimit, admit
 from webhooks.database import driver_sql, sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import active_secrets
-from webhooks.health import after_attempt
+from webhooks.health import after_attempt, after_exhausted
 from webhooks.schedule import RetryPolicy, decide_retry, parse_retry_after
 from webhooks.settings import Settings
 
 # Rows whose worker vanished (or whose message the broker lost) become due again, keeping
 # the time they were first due: they go ahead of work that fell due since, not behind it.
+# `reclaims` counts the leases in a row that ran out with no attempt recorded (recording
+# resets it): a delivery whose worker keeps dying before it records is named in the log.
 REAP_DELIVERIES = """
 UPDATE {s}.deliveries
 SET state = 'pending', next_attempt_at = coalesce(next_attempt_at, :now), claim_token = NULL,
-    lease_expires_at = NULL, updated_at = :now
+    lease_expires_at = NULL, updated_at = :now, reclaims = reclaims + 1
 WHERE state = 'delivering' AND lease_expires_at < :now
+RETURNING id, endpoint_id, reclaims
+"""
+# Held rows whose endpoint is enabled. `enable_endpoint` releases the held rows it sees, but
+# a publish that read the endpoint as disabled and committed after the enable wrote a held
+# row the enable could not see: this pass, run anyway, finds it.
+RELEASE_HELD = """
+UPDATE {s}.deliveries d SET next_attempt_at = :now, updated_at = :now
+FROM {s}.endpoints e
+WHERE d.state = 'pending' AND d.next_attempt_at IS NULL
+  AND e.id = d.endpoint_id AND e.enabled
 """
 REAP_REPLAYS = """
 UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at = NULL
@@ -50,7 +62,8 @@ WITH busy AS MATERIALIZED (
     WHERE state = 'delivering' GROUP BY endpoint_id
 )
 SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
-       coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited
+       coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited,
+       d.first_attempt_at + :window AS window_end
 FROM {s}.deliveries d
 JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
 LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
@@ -82,6 +95,13 @@ DEFER_DELIVERIES = """
 UPDATE {s}.deliveries d SET next_attempt_at = v.at, updated_at = :now
 FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS v (id, at)
 WHERE d.id = v.id
+"""
+# Rows whose deferral would pass their retry window's end: failed, as after a last retry.
+EXPIRE_DELIVERIES = """
+UPDATE {s}.deliveries d SET state = 'failed', next_attempt_at = NULL, updated_at = :now
+FROM {s}.events ev
+WHERE d.id = ANY (CAST(:ids AS text[])) AND ev.id = d.event_id
+RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, ev.project_id
 """
 CLAIM_REPLAYS = """
 WITH due AS MATERIALIZED (
@@ -141,22 +161,26 @@ WHERE r.claim_token = CAST(:token AS uuid) AND r.state = 'delivering'
 RETURNING ev.payload, e.url, e.secrets, ev.project_id
 """
 
+# `recorded`: the number of the attempt already stored under this claim, if a first write
+# committed but its acknowledgement was lost (the writer then tried again).
 LOCK_DELIVERY = """
-SELECT attempt_count, failed_attempts, first_attempt_at, state,
-       claim_token = CAST(:token AS uuid) AS owns_claim
+SELECT attempt_count, failed_attempts, first_attempt_at, state, next_attempt_at,
+       claim_token = CAST(:token AS uuid) AS owns_claim,
+       (SELECT number FROM {s}.attempts WHERE claim_token = CAST(:token AS uuid)) AS recorded
 FROM {s}.deliveries WHERE id = :delivery_id FOR UPDATE
 """
 UPDATE_DELIVERY = """
 UPDATE {s}.deliveries
 SET attempt_count = :attempt_count, failed_attempts = :failed_attempts,
     first_attempt_at = :first_attempt_at, state = :state, next_attempt_at = :next_attempt_at,
-    claim_token = :claim_token, lease_expires_at = :lease_expires_at, updated_at = :now
+    claim_token = :claim_token, lease_expires_at = :lease_expires_at, updated_at = :now,
+    reclaims = 0
 WHERE id = :delivery_id
 """
 # The columns of an attempt row, in the order both INSERTs below give their values.
 ATTEMPT_COLUMNS = """(delivery_id, event_id, endpoint_id, number, trigger, started_at,
     duration_ms, request_url, request_headers, response_status, response_headers,
-    response_body, error_kind, error_message)"""
+    response_body, error_kind, error_message, claim_token)"""
 
 # A 2xx under the current claim, the common case, in one statement (one round trip, atomic
 # on its own): settle the delivery, close the endpoint's breaker and clear its failing mark
@@ -168,7 +192,7 @@ RECORD_SUCCESS = (
 WITH d AS (
     UPDATE {s}.deliveries
     SET state = 'succeeded', attempt_count = attempt_count + 1, next_attempt_at = NULL,
-        claim_token = NULL, lease_expires_at = NULL, updated_at = :now
+        claim_token = NULL, lease_expires_at = NULL, updated_at = :now, reclaims = 0
     WHERE id = :delivery_id AND claim_token = CAST(:token AS uuid) AND state = 'delivering'
     RETURNING id, attempt_count
 ), healthy AS (
@@ -183,7 +207,7 @@ INSERT INTO {s}.attempts """
     + """
 SELECT d.id, :event_id, :endpoint_id, d.attempt_count, 'scheduled', :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
-    CAST(:response_headers AS jsonb), :response_body, NULL, NULL
+    CAST(:response_headers AS jsonb), :response_body, NULL, NULL, CAST(:token AS uuid)
 FROM d
 RETURNING number
 """
@@ -199,7 +223,8 @@ INSERT INTO {s}.attempts """
     + """
 VALUES (:delivery_id, :event_id, :endpoint_id, :number, :trigger, :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
-    CAST(:response_headers AS jsonb), :response_body, :error_kind, :error_message)
+    CAST(:response_headers AS jsonb), :response_body, :error_kind, :error_message,
+    CAST(:token AS uuid))
 """
 )
 
@@ -236,11 +261,41 @@ class RecordedAttempt:
     next_attempt_at: datetime | None
 
 
-def reap_expired_leases(conn: Connection, settings: Settings, now: datetime) -> int:
-    """Make deliveries and replays whose lease ran out due again; return how many."""
-    reaped = conn.execute(sql(REAP_DELIVERIES, settings.db_schema), {"now": now}).rowcount
-    reaped += conn.execute(sql(REAP_REPLAYS, settings.db_schema), {"now": now}).rowcount
-    return int(reaped)
+@dataclass(frozen=True)
+class Reclaimed:
+    """A delivery whose lease ran out, and how many leases in a row did with no attempt."""
+
+    delivery_id: str
+    endpoint_id: str
+    reclaims: int
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What one reaping pass made due again."""
+
+    deliveries: list[Reclaimed]
+    replays: int
+
+    @property
+    def count(self) -> int:
+        """Deliveries and replays made due again."""
+        return len(self.deliveries) + self.replays
+
+
+def reap_expired_leases(conn: Connection, settings: Settings, now: datetime) -> Reaped:
+    """Make deliveries and replays whose lease ran out due again."""
+    deliveries = [
+        Reclaimed(row.id, row.endpoint_id, int(row.reclaims))
+        for row in conn.execute(sql(REAP_DELIVERIES, settings.db_schema), {"now": now})
+    ]
+    replays = conn.execute(sql(REAP_REPLAYS, settings.db_schema), {"now": now}).rowcount
+    return Reaped(deliveries, int(replays))
+
+
+def release_held(conn: Connection, settings: Settings, now: datetime) -> int:
+    """Make held deliveries of enabled endpoints due now; return how many."""
+    return int(conn.execute(sql(RELEASE_HELD, settings.db_schema), {"now": now}).rowcount)
 
 
 @dataclass(frozen=True)
@@ -264,6 +319,7 @@ def claim_due(
         "limit": limit,
         "lease_until": now + settings.lease,
         "concurrency": settings.endpoint_concurrency,
+        "window": settings.retry_window,
     }
     claims = []
     if replays:
@@ -284,7 +340,13 @@ def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, An
     if not rows:
         return ClaimBatch([])
     candidates = [
-        Candidate(row.id, row.endpoint_id, row.consecutive_failures, row.breaker_open_until)
+        Candidate(
+            row.id,
+            row.endpoint_id,
+            row.consecutive_failures,
+            row.breaker_open_until,
+            row.window_end,
+        )
         for row in rows
     ]
     in_flight = {row.endpoint_id: row.in_flight for row in rows}
@@ -312,6 +374,8 @@ def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, An
                 "now": params["now"],
             },
         )
+    if admission.expire:
+        _expire(conn, settings, admission.expire, params["now"])
     claims: list[Claim] = []
     if admission.claim:
         claimed = conn.execute(
@@ -319,6 +383,28 @@ def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, An
         )
         claims = [_claim(row, "scheduled") for row in claimed]
     return ClaimBatch(claims, admission.waiting)
+
+
+def _expire(conn: Connection, settings: Settings, ids: tuple[str, ...], now: datetime) -> None:
+    expired = conn.execute(
+        sql(EXPIRE_DELIVERIES, settings.db_schema), {"ids": list(ids), "now": now}
+    )
+    for row in expired:
+        after_exhausted(
+            conn,
+            settings,
+            endpoint_id=row.endpoint_id,
+            project_id=row.project_id,
+            delivery={
+                "delivery_id": row.id,
+                "event_id": row.event_id,
+                "endpoint_id": row.endpoint_id,
+                "attempts": row.attempt_count,
+                "last_status": None,
+                "last_error_kind": None,
+            },
+            now=now,
+        )
 
 
 def release_claims(
@@ -422,16 +508,28 @@ def record_attempt(
     started_at: datetime,
     request_headers: dict[str, str],
     now: datetime,
+    interpret: bool = True,
 ) -> RecordedAttempt:
     """Store the attempt and move the delivery, in the caller's (one) transaction.
 
     Every attempt is stored, even one made under a claim that has since been superseded: the
     request went out. Only the owner of the current claim moves a scheduled delivery; a
-    replay moves it only when it succeeds, and never opens a new retry window.
+    replay moves it only when it succeeds, and never opens a new retry window. An attempt
+    already stored under this claim (a retry after a lost commit acknowledgement) is
+    returned as it is, and nothing is written twice.
+
+    Args:
+        interpret: read the response beyond its outcome (``Retry-After``, endpoint health,
+            operational events). False on the fallback path (`webhooks.attempts`), after
+            doing so raised: the attempt is then stored and scheduled by the plain schedule.
     """
     claim = job.claim
     params: dict[str, Any] = {"delivery_id": claim.delivery_id, "token": claim.claim_token}
     current = conn.execute(sql(LOCK_DELIVERY, settings.db_schema), params).one()
+    if current.recorded is not None:
+        return RecordedAttempt(
+            number=current.recorded, state=current.state, next_attempt_at=current.next_attempt_at
+        )
     number = current.attempt_count + 1
     update: dict[str, Any] = {
         "delivery_id": claim.delivery_id,
@@ -454,12 +552,17 @@ def record_attempt(
     elif claim.trigger == "scheduled" and current.owns_claim:
         keep_schedule = False
         first = current.first_attempt_at or started_at
+        retry_after = None
+        if interpret:
+            retry_after = parse_retry_after(
+                outcome.status, outcome.retry_after, now=now, limit=settings.retry_window
+            )
         decision = decide_retry(
             RetryPolicy.from_settings(settings),
             failures=current.failed_attempts + 1,
             first_attempt_at=first,
             now=now,
-            retry_after=parse_retry_after(outcome.status, outcome.retry_after, now=now),
+            retry_after=retry_after,
         )
         update.update(
             failed_attempts=current.failed_attempts + 1,
@@ -484,6 +587,35 @@ def record_attempt(
     if claim.trigger == "replay":
         conn.execute(sql(FINISH_REPLAY, settings.db_schema), params)
     exhausted = update["state"] == "failed" and current.state != "failed"
+    if interpret:
+        _after_attempt(conn, settings, job, outcome, number=number, exhausted=exhausted, now=now)
+    conn.execute(
+        sql(INSERT_ATTEMPT, settings.db_schema),
+        {
+            **_attempt_row(job, outcome, started_at, request_headers),
+            "number": number,
+            "trigger": claim.trigger,
+            "error_kind": outcome.error_kind,
+            "error_message": outcome.error_message,
+            "token": claim.claim_token,
+        },
+    )
+    return RecordedAttempt(
+        number=number, state=update["state"], next_attempt_at=update["next_attempt_at"]
+    )
+
+
+def _after_attempt(
+    conn: Connection,
+    settings: Settings,
+    job: AttemptJob,
+    outcome: DeliveryOutcome,
+    *,
+    number: int,
+    exhausted: bool,
+    now: datetime,
+) -> None:
+    claim = job.claim
     after_attempt(
         conn,
         settings,
@@ -502,19 +634,6 @@ def record_attempt(
         succeeded=outcome.is_success,
         exhausted=exhausted,
         now=now,
-    )
-    conn.execute(
-        sql(INSERT_ATTEMPT, settings.db_schema),
-        {
-            **_attempt_row(job, outcome, started_at, request_headers),
-            "number": number,
-            "trigger": claim.trigger,
-            "error_kind": outcome.error_kind,
-            "error_message": outcome.error_message,
-        },
-    )
-    return RecordedAttempt(
-        number=number, state=update["state"], next_attempt_at=update["next_attempt_at"]
     )
 
 

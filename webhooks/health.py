@@ -88,27 +88,54 @@ def after_attempt(
     if succeeded:
         conn.execute(sql(CLEAR_FAILING, settings.db_schema), params)
         return
-    reporting = project_id != OPERATIONS_PROJECT
-    if exhausted and reporting:
-        emit(conn, settings, "delivery.exhausted", delivery)
     if status == GONE:
+        if exhausted and project_id != OPERATIONS_PROJECT:
+            emit(conn, settings, "delivery.exhausted", delivery)
         disable(
             conn,
             settings,
             endpoint_id,
             f"the endpoint answered 410 Gone at {rfc3339(now)}",
-            reporting,
+            project_id != OPERATIONS_PROJECT,
         )
     elif exhausted:
-        since = conn.execute(sql(MARK_FAILING, settings.db_schema), params).scalar_one_or_none()
-        if since is not None and now - since >= settings.disable_after:
-            disable(
-                conn,
-                settings,
-                endpoint_id,
-                f"every delivery has been failing since {rfc3339(since)}",
-                reporting,
-            )
+        after_exhausted(
+            conn,
+            settings,
+            endpoint_id=endpoint_id,
+            project_id=project_id,
+            delivery=delivery,
+            now=now,
+        )
+
+
+def after_exhausted(
+    conn: Connection,
+    settings: Settings,
+    *,
+    endpoint_id: str,
+    project_id: str,
+    delivery: dict[str, Any],
+    now: datetime,
+) -> None:
+    """A delivery just failed for good: say so, and disable its endpoint if it is time.
+
+    Called after its last attempt, or when a deferral (breaker, rate limit) would have
+    taken its next attempt past the retry window.
+    """
+    reporting = project_id != OPERATIONS_PROJECT
+    if reporting:
+        emit(conn, settings, "delivery.exhausted", delivery)
+    params = {"endpoint_id": endpoint_id, "now": now}
+    since = conn.execute(sql(MARK_FAILING, settings.db_schema), params).scalar_one_or_none()
+    if since is not None and now - since >= settings.disable_after:
+        disable(
+            conn,
+            settings,
+            endpoint_id,
+            f"every delivery has been failing since {rfc3339(since)}",
+            reporting,
+        )
 
 
 def update_breaker(

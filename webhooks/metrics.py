@@ -40,6 +40,10 @@ ATTEMPT_SECONDS = Histogram(
 )
 CLAIMED = Counter("webhooks_claimed", "Deliveries and replays claimed by dispatchers.")
 LEASES_EXPIRED = Counter("webhooks_leases_expired", "Claims recovered after their lease ran out.")
+RECLAIMED_WITHOUT_ATTEMPT = Counter(
+    "webhooks_reclaimed_without_attempt",
+    "Deliveries claimed again after a lease ran out with no attempt recorded under it.",
+)
 BACKLOG_DUE = Gauge("webhooks_backlog_due", "Deliveries due now on enabled endpoints.")
 BACKLOG_OLDEST = Gauge(
     "webhooks_backlog_oldest_seconds", "How long the oldest due delivery has waited."

@@ -9,6 +9,7 @@ attempt's start: past that the delivery has failed.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,20 +80,58 @@ def decide_retry(
     return RetryDecision(min(candidate, window_end))
 
 
-def parse_retry_after(status: int | None, value: str | None, *, now: datetime) -> timedelta | None:
-    """Parse a ``Retry-After`` header (seconds or an HTTP date) sent with 429 or 503.
+def parse_retry_after(
+    status: int | None, value: str | None, *, now: datetime, limit: timedelta
+) -> timedelta | None:
+    """Parse a ``Retry-After`` header sent with 429 or 503: delay-seconds or an HTTP date.
+
+    The value is untrusted input. Only ASCII digits (``"120"``) or an HTTP date are read;
+    anything else (``"-1"``, ``"1e9"``, ``"²"``, garbage) is ignored, as if absent. The delay
+    is clamped to ``limit`` (the retry window: no wait can usefully be longer), so a huge
+    number or a date in the year 3000 can never overflow the schedule's arithmetic; a date
+    in the past is no delay.
+
+    Args:
+        status: the response status; other statuses carry no ``Retry-After`` for us.
+        value: the raw header value, if any.
+        now: when the attempt ended (the origin of an HTTP date's delay).
+        limit: the longest delay returned.
 
     Returns None when the status does not carry one, or the value is missing or malformed.
     """
     if status not in RETRY_AFTER_STATUSES or not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return timedelta(seconds=int(value))
+    value = value.strip(" \t")
+    if _DELAY_SECONDS.fullmatch(value):
+        # Compare digit counts before converting: int() of a 10,000-digit string is slow,
+        # and timedelta() of a big one overflows.
+        limit_seconds = int(limit.total_seconds())
+        if len(value.lstrip("0")) > len(str(limit_seconds)):
+            return limit
+        return min(timedelta(seconds=int(value)), limit)
+    when = _http_date(value)
+    if when is None:
+        return None
+    if when <= now:
+        return timedelta(0)
+    return min(when - now, limit)
+
+
+# RFC 9110, 10.2.3: ``delay-seconds = 1*DIGIT``, ASCII only (``str.isdigit`` also accepts
+# "²" and other Unicode digits, which ``int()`` then refuses).
+_DELAY_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+# An IMF-fixdate is 29 characters; the obsolete forms are shorter. Longer values are not
+# dates, and are not worth parsing.
+_MAX_HTTP_DATE_CHARS = 64
+
+
+def _http_date(value: str) -> datetime | None:
+    if len(value) > _MAX_HTTP_DATE_CHARS or not value.isascii():
+        return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(when - now, timedelta(0))
+    return when

@@ -41,6 +41,14 @@ def parse_duration(text: str, *, name: str = "duration") -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
+def parse_positive_duration(text: str, *, name: str) -> timedelta:
+    """Parse a duration that must be longer than zero (a timeout, a window, a period)."""
+    value = parse_duration(text, name=name)
+    if value <= timedelta(0):
+        raise ConfigurationError(f"{name}={text!r} must be longer than zero, e.g. 10s")
+    return value
+
+
 def parse_schedule(text: str, *, name: str = "WEBHOOKS_RETRY_SCHEDULE") -> tuple[timedelta, ...]:
     """Parse a comma-separated list of durations such as ``"1m,5m,30m"``."""
     parts = [p for p in (s.strip() for s in text.split(",")) if p]
@@ -147,8 +155,8 @@ class Settings:
         def get(name: str, default: str) -> str:
             return env.get(name) or default
 
-        timeout = parse_duration(get("WEBHOOKS_TIMEOUT", "10s"), name="WEBHOOKS_TIMEOUT")
-        lease = parse_duration(get("WEBHOOKS_LEASE", "60s"), name="WEBHOOKS_LEASE")
+        timeout = parse_positive_duration(get("WEBHOOKS_TIMEOUT", "10s"), name="WEBHOOKS_TIMEOUT")
+        lease = parse_positive_duration(get("WEBHOOKS_LEASE", "60s"), name="WEBHOOKS_LEASE")
         if lease <= timeout:
             raise ConfigurationError(
                 f"WEBHOOKS_LEASE ({lease.total_seconds():g}s) must be longer than "
@@ -171,7 +179,7 @@ class Settings:
             db_schema=validate_schema_name(get("WEBHOOKS_DB_SCHEMA", "webhooks")),
             timeout=timeout,
             retry_schedule=parse_schedule(get("WEBHOOKS_RETRY_SCHEDULE", DEFAULT_SCHEDULE)),
-            retry_window=parse_duration(
+            retry_window=parse_positive_duration(
                 get("WEBHOOKS_RETRY_WINDOW", "72h"), name="WEBHOOKS_RETRY_WINDOW"
             ),
             retry_jitter=jitter,
@@ -181,12 +189,12 @@ class Settings:
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or None,
             queue=get("WEBHOOKS_QUEUE", "webhooks"),
             dispatch_batch_size=batch_size,
-            dispatch_poll_interval=parse_duration(
+            dispatch_poll_interval=parse_positive_duration(
                 get("WEBHOOKS_DISPATCH_POLL", "1s"), name="WEBHOOKS_DISPATCH_POLL"
             ),
             notify=parse_bool(env.get("WEBHOOKS_NOTIFY", "true"), name="WEBHOOKS_NOTIFY"),
             secret_keys=parse_keys(env.get("WEBHOOKS_SECRET_KEY", "")),
-            disable_after=parse_duration(
+            disable_after=parse_positive_duration(
                 get("WEBHOOKS_DISABLE_AFTER", "5d"), name="WEBHOOKS_DISABLE_AFTER"
             ),
             endpoint_concurrency=parse_count(
@@ -195,7 +203,7 @@ class Settings:
             breaker_threshold=parse_count(
                 get("WEBHOOKS_BREAKER_THRESHOLD", "5"), "WEBHOOKS_BREAKER_THRESHOLD"
             ),
-            breaker_cooldown=parse_duration(
+            breaker_cooldown=parse_positive_duration(
                 get("WEBHOOKS_BREAKER_COOLDOWN", "30s"), name="WEBHOOKS_BREAKER_COOLDOWN"
             ),
             metrics_port=(

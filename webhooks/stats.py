@@ -33,6 +33,13 @@ FROM {s}.deliveries d
 JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
 WHERE d.state = 'pending' AND d.next_attempt_at <= :now
 """
+# Deliveries whose leases keep running out with no attempt recorded: a crash between claim
+# and record, repeated. One reclaim is an accident (a worker killed); several are a loop.
+RECLAIMED = """
+SELECT count(*) AS n, coalesce(max(reclaims), 0) AS most,
+       (array_agg(id ORDER BY reclaims DESC, id))[1] AS worst
+FROM {s}.deliveries WHERE reclaims > 0 AND state IN ('pending', 'delivering')
+"""
 # The endpoints with the most failed deliveries (then the most pending: a disabled endpoint
 # holding work), with their counts by state.
 TOP_ENDPOINTS = """
@@ -66,6 +73,8 @@ def delivery_stats(
          "deliveries": {"pending": n, "delivering": n, "succeeded": n, "failed": n, "total": n},
          "endpoints": {"enabled": n, "disabled": n, "breakers_open": n},
          "backlog": {"due": n, "oldest_due_age_seconds": float | null},
+         "reclaimed_without_attempt": {"deliveries": n, "most_reclaims": n,
+                                       "delivery_id": "dlv_…" | null},
          "top_endpoints": [{"endpoint_id", "project_id", "enabled", "disabled_reason",
                             "breaker_open", "pending", "delivering", "succeeded", "failed"}]}
 
@@ -86,6 +95,7 @@ def delivery_stats(
     oldest_age = (
         max((now - backlog.oldest).total_seconds(), 0.0) if backlog.oldest is not None else None
     )
+    reclaimed = conn.execute(sql(RECLAIMED, schema)).one()
     top_endpoints = [
         {
             "endpoint_id": row.id,
@@ -109,6 +119,11 @@ def delivery_stats(
             "due": int(backlog.due),
             "oldest_due_age_seconds": round(oldest_age, 3) if oldest_age is not None else None,
         },
+        "reclaimed_without_attempt": {
+            "deliveries": int(reclaimed.n),
+            "most_reclaims": int(reclaimed.most),
+            "delivery_id": reclaimed.worst,
+        },
         "top_endpoints": top_endpoints,
     }
 
@@ -127,6 +142,13 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"backlog     {b['due']} due now"
         + (f", the oldest waiting {age:.1f}s" if age is not None else ""),
     ]
+    r = stats.get("reclaimed_without_attempt") or {}
+    if r.get("deliveries"):
+        lines.append(
+            f"reclaimed   {r['deliveries']} deliveries claimed again with no attempt recorded "
+            f"(most: {r['most_reclaims']} times in a row, {r['delivery_id']}; see the "
+            "workers' logs for why they never record)"
+        )
     rows = stats["top_endpoints"]
     if not rows:
         lines.append("no endpoint has failed or pending deliveries")

@@ -19,10 +19,12 @@ Why these settings (see ../shared/research/celery-postgres-httpx.md):
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
 
+from webhooks.errors import ConfigurationError
 from webhooks.settings import Settings
 
 app = Celery("workers", include=["workers.tasks"])
@@ -61,4 +63,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-app.add_defaults(lambda: celery_config(Settings.from_env()))
+def _config_from_env() -> dict[str, Any]:
+    # Read when a worker (or any `celery -A workers` command) starts: an invalid setting
+    # stops it there with one line, instead of a traceback, or a failure in every task.
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return celery_config(settings)
+
+
+app.add_defaults(_config_from_env)

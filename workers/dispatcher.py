@@ -29,7 +29,15 @@ from sqlalchemy.engine import Engine
 
 from webhooks import clock, metrics
 from webhooks.admission import CAPACITY_RECHECK
-from webhooks.claims import Claim, claim_due, next_due_at, reap_expired_leases, release_claims
+from webhooks.claims import (
+    Claim,
+    Reaped,
+    claim_due,
+    next_due_at,
+    reap_expired_leases,
+    release_claims,
+    release_held,
+)
 from webhooks.database import create_engine
 from webhooks.heartbeats import beat, forget, new_dispatcher_id
 from webhooks.outbox import REPLAYS_QUEUED, channel
@@ -45,6 +53,9 @@ HEARTBEAT_EVERY = 5.0
 REAP_EVERY = 1.0
 # How often queued replays are looked for without a notification saying there are some.
 REPLAYS_EVERY = 1.0
+# How often held rows of enabled endpoints are looked for (SPEC: a held delivery is attempted
+# within 5 s of its endpoint's enable, even when a publish raced the enable).
+RELEASE_HELD_EVERY = 2.0
 
 
 @dataclass
@@ -120,23 +131,41 @@ class Dispatcher:
         `run` to know how long it may sleep.
         """
         now = clock.now()
-        reaped = 0
+        reaped = Reaped([], 0)
         limit = self.settings.dispatch_batch_size
         with self.engine.begin() as conn:
             if self._every("reap", REAP_EVERY):
                 reaped = reap_expired_leases(conn, self.settings, now)
+            if self._every("release_held", RELEASE_HELD_EVERY):
+                release_held(conn, self.settings, now)
             replays = self._every("replays", REPLAYS_EVERY) or self._replays_queued
             self._replays_queued = False
             batch = claim_due(conn, self.settings, now, limit, replays=replays)
             next_due = None
             if len(batch.claims) < limit:
                 next_due = next_due_at(conn, self.settings)
-        if reaped:
-            log.warning("dispatcher.leases_expired", extra={"count": reaped})
-            metrics.LEASES_EXPIRED.inc(reaped)
+        if reaped.count:
+            self._report(reaped)
         metrics.CLAIMED.inc(len(batch.claims))
         sent = self._send(batch.claims)
-        return TickResult(reaped, len(batch.claims), sent, batch.waiting, next_due)
+        return TickResult(reaped.count, len(batch.claims), sent, batch.waiting, next_due)
+
+    def _report(self, reaped: Reaped) -> None:
+        log.warning("dispatcher.leases_expired", extra={"count": reaped.count})
+        metrics.LEASES_EXPIRED.inc(reaped.count)
+        # Each of these was claimed and never recorded an attempt before its lease ran out:
+        # a worker killed mid-request, a lost message, or a crash before recording. Once is
+        # an accident; the count makes a loop visible (`webhooks stats`, the metric).
+        for delivery in reaped.deliveries:
+            log.warning(
+                "delivery.reclaimed_without_attempt",
+                extra={
+                    "delivery_id": delivery.delivery_id,
+                    "endpoint_id": delivery.endpoint_id,
+                    "reclaims": delivery.reclaims,
+                },
+            )
+        metrics.RECLAIMED_WITHOUT_ATTEMPT.inc(len(reaped.deliveries))
 
     def _every(self, what: str, seconds: float) -> bool:
         """True (and the clock restarted) if ``what`` was last done ``seconds`` ago or more."""

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
+from hypothesis import given
+from hypothesis import strategies as st
 
 from webhooks import clock
 from webhooks.schedule import RetryPolicy, decide_retry, parse_retry_after
@@ -132,4 +134,46 @@ def test_retry_after_is_clamped_to_the_window() -> None:
 def test_retry_after_is_read_from_429_and_503_only(
     status: int, value: str | None, expected: timedelta | None
 ) -> None:
-    assert parse_retry_after(status, value, now=T0) == expected
+    assert parse_retry_after(status, value, now=T0, limit=WINDOW) == expected
+
+
+WINDOW = timedelta(hours=72)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # Each of these used to raise while the attempt was being recorded (OverflowError,
+        # ValueError), which rolled the recording back and looped the delivery.
+        ("999999999999", WINDOW),
+        ("9" * 5000, WINDOW),
+        ("\xb2", None),  # "²": str.isdigit() says yes, int() says no
+        ("\u0661\u0662", None),  # Arabic-Indic digits
+        ("-1", None),
+        ("1e9", None),
+        ("Mon, 01 Jan 1900 00:00:00 GMT", timedelta(0)),
+        ("Wed, 01 Jan 3000 00:00:00 GMT", WINDOW),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", WINDOW),
+        ("x" * 8192, None),
+        ("Tue, 99 Foo 2026 99:99:99 GMT", None),
+        (" 120 ", timedelta(seconds=120)),
+    ],
+)
+def test_hostile_retry_after_values_are_ignored_or_clamped_to_the_window(
+    value: str, expected: timedelta | None
+) -> None:
+    assert parse_retry_after(503, value, now=T0, limit=WINDOW) == expected
+
+
+@given(value=st.text(max_size=200), failures=st.integers(min_value=1, max_value=20))
+def test_no_retry_after_value_can_break_the_schedule(value: str, failures: int) -> None:
+    retry_after = parse_retry_after(429, value, now=T0, limit=WINDOW)
+    assert retry_after is None or timedelta(0) <= retry_after <= WINDOW
+    decision = decide_retry(
+        default_policy(jitter=0.1),
+        failures=failures,
+        first_attempt_at=T0,
+        now=T0 + timedelta(hours=1),
+        retry_after=retry_after,
+    )
+    assert decision.gives_up or T0 < decision.next_attempt_at <= T0 + WINDOW  # type: ignore[operator]
