@@ -2,7 +2,8 @@
 
 ``receiver.script("/a", [500, 500, 200])`` answers the first requests to ``/a`` with those
 statuses (the last one repeats); ``HANG`` in a script means "never answer" for that
-request. Special paths: ``/hang`` never answers, ``/trickle`` sends a
+request; ``receiver.reply_headers("/a", {"retry-after": "120"})`` adds headers to its
+answers. Special paths: ``/hang`` never answers, ``/trickle`` sends a
 200 header then one byte every half second, ``/redirect`` answers 302 to ``/redirected``.
 Every request is recorded with its headers, body and arrival time.
 """
@@ -31,6 +32,7 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[ReceivedRequest] = []
         self._scripts: dict[str, list[int]] = {}
+        self._reply_headers: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -48,6 +50,10 @@ class Receiver:
     def script(self, path: str, statuses: list[int]) -> None:
         with self._lock:
             self._scripts[path] = list(statuses)
+
+    def reply_headers(self, path: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._reply_headers[path] = dict(headers)
 
     def received(self, path: str | None = None) -> list[ReceivedRequest]:
         with self._lock:
@@ -98,7 +104,9 @@ class Receiver:
                     if status == HANG:
                         self._hang()
                     else:
-                        self._answer(status)
+                        with receiver._lock:
+                            extra = receiver._reply_headers.get(self.path)
+                        self._answer(status, extra)
 
             def _answer(self, status: int, extra: dict[str, str] | None = None) -> None:
                 body = b'{"ok": true}' if status < 300 else b"nope"
