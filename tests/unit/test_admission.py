@@ -87,3 +87,26 @@ def test_a_busy_rate_limited_endpoint_gets_no_burst() -> None:
         "limited-0": NOW + timedelta(seconds=3),
         "limited-1": NOW + timedelta(seconds=3.1),
     }
+
+
+def test_a_deferral_past_the_retry_window_expires_the_delivery_instead() -> None:
+    until = NOW + timedelta(hours=2)
+    ends_soon = Candidate("late", "dead", 3, until, window_end=NOW + timedelta(minutes=5))
+    ends_later = Candidate("early", "dead", 3, until, window_end=NOW + timedelta(hours=3))
+    never_attempted = Candidate("new", "dead", 3, until, window_end=None)
+
+    decision = admit([ends_soon, ends_later, never_attempted], {}, POLICY, NOW)
+
+    assert decision.expire == ("late",)
+    assert decision.defer == {"early": until, "new": until}
+
+
+def test_a_rate_limit_slot_past_the_window_expires_the_delivery() -> None:
+    rate = RateLimit(per_second=1, next_send_at=NOW + timedelta(seconds=10))
+    row = Candidate("slow", "limited", 0, None, window_end=NOW + timedelta(seconds=5))
+
+    decision = admit([row], {}, POLICY, NOW, rates={"limited": rate})
+
+    assert decision.expire == ("slow",)
+    assert decision.defer == {}
+    assert decision.claim == ()
