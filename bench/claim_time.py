@@ -28,14 +28,15 @@ CHUNK = 200_000
 
 HISTORY = """
 INSERT INTO {s}.events (id, project_id, type, payload, created_at)
-SELECT 'evt_h' || g, 'proj_hist_' || (g % {n}), 'deployment.succeeded',
+SELECT 'evt_h' || g, 'proj_c' || (g % {n}), 'deployment.succeeded',
        '{{"id":"evt_h' || g || '","type":"deployment.succeeded","data":{{"deployment_id":"dep_'
        || g || '"}}}}',
        now() - make_interval(secs => g)
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g;
-INSERT INTO {s}.deliveries (id, event_id, endpoint_id, state, attempt_count, first_attempt_at,
-                            created_at, updated_at)
-SELECT 'dlv_h' || g, 'evt_h' || g, (CAST(:endpoints AS text[]))[1 + g % {n}], 'succeeded', 1,
+INSERT INTO {s}.deliveries (id, event_id, endpoint_id, project_id, state, attempt_count,
+                            first_attempt_at, created_at, updated_at)
+SELECT 'dlv_h' || g, 'evt_h' || g, (CAST(:endpoints AS text[]))[1 + g % {n}],
+       'proj_c' || (g % {n}), 'succeeded', 1,
        now() - make_interval(secs => g), now() - make_interval(secs => g), now()
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g;
 INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, started_at,

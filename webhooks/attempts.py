@@ -119,6 +119,7 @@ def run_attempt(
         error_kind=outcome.error_kind,
         trigger=claim.trigger,
         seconds=outcome.duration.total_seconds(),
+        mode=job.mode,
     )
     log.info(
         "attempt.recorded",
@@ -126,6 +127,7 @@ def run_attempt(
             "delivery_id": claim.delivery_id,
             "event_id": claim.event_id,
             "endpoint_id": claim.endpoint_id,
+            "mode": job.mode,
             "attempt": recorded.number,
             "trigger": claim.trigger,
             "status": outcome.status,

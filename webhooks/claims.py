@@ -139,7 +139,7 @@ SELECT min(next_attempt_at) FROM {s}.deliveries WHERE state = 'pending'
 # and its recording; only a message that waited long in the queue renews the lease first.
 # No row back means a newer claim exists (or the work is done): do nothing.
 READ_SCHEDULED = """
-SELECT ev.payload, e.url, e.secrets, ev.project_id, d.lease_expires_at
+SELECT ev.payload, e.url, e.secrets, ev.project_id, d.mode, d.lease_expires_at
 FROM {s}.deliveries d
 JOIN {s}.events ev ON ev.id = d.event_id
 JOIN {s}.endpoints e ON e.id = d.endpoint_id
@@ -150,7 +150,7 @@ UPDATE {s}.deliveries d SET lease_expires_at = :lease_until
 FROM {s}.events ev, {s}.endpoints e
 WHERE d.id = :delivery_id AND d.claim_token = CAST(:token AS uuid) AND d.state = 'delivering'
   AND ev.id = d.event_id AND e.id = d.endpoint_id
-RETURNING ev.payload, e.url, e.secrets, ev.project_id
+RETURNING ev.payload, e.url, e.secrets, ev.project_id, d.mode
 """
 BEGIN_REPLAY = """
 UPDATE {s}.replays r SET lease_expires_at = :lease_until
@@ -158,7 +158,7 @@ FROM {s}.deliveries d, {s}.events ev, {s}.endpoints e
 WHERE r.claim_token = CAST(:token AS uuid) AND r.state = 'delivering'
   AND d.id = r.delivery_id AND d.id = :delivery_id
   AND ev.id = d.event_id AND e.id = d.endpoint_id
-RETURNING ev.payload, e.url, e.secrets, ev.project_id
+RETURNING ev.payload, e.url, e.secrets, ev.project_id, d.mode
 """
 
 # `recorded`: the number of the attempt already stored under this claim, if a first write
@@ -247,6 +247,7 @@ class AttemptJob:
 
     claim: Claim
     project_id: str
+    mode: str
     payload: bytes
     url: str
     secrets: tuple[str, ...]
@@ -462,6 +463,7 @@ def _job(claim: Claim, row: Any, now: datetime, settings: Settings) -> AttemptJo
     return AttemptJob(
         claim=claim,
         project_id=row.project_id,
+        mode=row.mode,
         payload=row.payload.encode("utf-8"),
         url=row.url,
         secrets=tuple(active_secrets(row.secrets, now, settings.secret_keys)),

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from sqlalchemy.engine import Connection, Engine
@@ -33,11 +33,20 @@ from webhooks.endpoints import (
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
 from webhooks.history import get_deliveries, get_envelope, list_attempts
 from webhooks.models import Attempt, Endpoint, rfc3339
+from webhooks.modes import MODES
 from webhooks.outbox import publish_event
 from webhooks.replay import BulkReplay, count_bulk, replay_bulk, replay_event
+from webhooks.sandbox import advance
 from webhooks.settings import Settings, parse_duration
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def mode_option(default: str | None, help: str) -> Callable[[F], F]:
+    """``--mode live|test``; None as the default means both modes."""
+    return click.option("--mode", type=click.Choice(MODES), default=default, help=help)
 
 
 class Context:
@@ -138,6 +147,7 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
         click.echo(f"secret      {secret}   (shown once: store it now)")
     click.echo(f"url         {endpoint.url}")
     click.echo(f"project     {endpoint.project_id}")
+    click.echo(f"mode        {endpoint.mode}")
     click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
     state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
     click.echo(f"state       {state}")
@@ -150,16 +160,22 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
 @click.option("--project", "project_id", required=True, help="Project id (proj_…).")
 @click.option("--events", default="", help="Comma-separated types or prefix.* filters.")
 @click.option("--rate-limit", "rate", default="off", help="Requests per second at most.")
+@mode_option("live", "Receive the project's live events (default) or its test events.")
 @json_option
 @pass_context
 def endpoint_add(
-    ctx: Context, url: str, project_id: str, events: str, rate: str, as_json: bool
+    ctx: Context, url: str, project_id: str, events: str, rate: str, mode: str, as_json: bool
 ) -> None:
     """Register URL to receive the project's events; prints its id and signing secret."""
     per_second = parse_rate(rate)
     with ctx.transaction() as conn:
         endpoint, secret = add_endpoint(
-            conn, ctx.settings, url=url, project_id=project_id, event_types=events.split(",")
+            conn,
+            ctx.settings,
+            url=url,
+            project_id=project_id,
+            event_types=events.split(","),
+            mode=mode,
         )
         if per_second is not None:
             endpoint = set_rate_limit(conn, ctx.settings, endpoint.id, per_second)
@@ -168,21 +184,23 @@ def endpoint_add(
 
 @endpoint_group.command("list")
 @click.option("--project", "project_id", default=None, help="Only this project's endpoints.")
+@mode_option(None, "Only live or only test endpoints (default: both).")
 @json_option
 @pass_context
-def endpoint_list(ctx: Context, project_id: str | None, as_json: bool) -> None:
+def endpoint_list(ctx: Context, project_id: str | None, mode: str | None, as_json: bool) -> None:
     """List endpoints (never their secrets)."""
     with ctx.transaction() as conn:
-        endpoints = list_endpoints(conn, ctx.settings, project_id=project_id)
+        endpoints = list_endpoints(conn, ctx.settings, project_id=project_id, mode=mode)
     if as_json:
         emit_json([e.to_json() for e in endpoints])
         return
     emit_table(
-        ["id", "project", "state", "events", "url"],
+        ["id", "project", "mode", "state", "events", "url"],
         [
             (
                 e.id,
                 e.project_id,
+                e.mode,
                 "enabled" if e.enabled else "disabled",
                 ",".join(e.event_types) or "(all)",
                 e.url,
@@ -282,6 +300,7 @@ def read_data(value: str) -> Any:
 @click.option("--project", "project_id", required=True, help="Project id (proj_…).")
 @click.option("--data", required=True, help="A JSON object, @FILE, or - for stdin.")
 @click.option("--idempotency-key", default=None, help="Publishing the same key twice is a no-op.")
+@mode_option("live", "A live event (default) or a test event, for test endpoints only.")
 @json_option
 @pass_context
 def publish_command(
@@ -290,6 +309,7 @@ def publish_command(
     project_id: str,
     data: str,
     idempotency_key: str | None,
+    mode: str,
     as_json: bool,
 ) -> None:
     """Publish an event of EVENT_TYPE, as the API would."""
@@ -302,9 +322,10 @@ def publish_command(
             type=event_type,
             data=payload,
             idempotency_key=idempotency_key,
+            mode=mode,
         )
     if as_json:
-        emit_json({"id": result.id, "duplicate": result.duplicate})
+        emit_json({"id": result.id, "duplicate": result.duplicate, "mode": mode})
     else:
         click.echo(
             result.id
@@ -440,6 +461,38 @@ def report_replay(count: int, as_json: bool, *, dry_run: bool) -> None:
         click.echo(f"{count} deliveries would be replayed (dry run: nothing queued)")
     else:
         click.echo(f"queued {count} deliveries for replay")
+
+
+# -- the sandbox -------------------------------------------------------------------------------
+
+
+@cli.group("sandbox")
+def sandbox_group() -> None:
+    """Test-mode tools: fast-forward a project's test deliveries."""
+
+
+@sandbox_group.command("advance")
+@click.argument("duration")
+@click.option("--project", "project_id", required=True, help="Project id (proj_…).")
+@json_option
+@pass_context
+def sandbox_advance(ctx: Context, duration: str, project_id: str, as_json: bool) -> None:
+    """Make the project's pending test deliveries due DURATION sooner (e.g. 72h).
+
+    A delivery due in less than DURATION becomes due now (in real time it would have been
+    attempted then). Retry windows and the endpoints' failing-since clocks move with them, so
+    running it in a loop plays out the schedule, exhaustion and auto-disable with real
+    attempts. Live rows are never touched.
+    """
+    by = parse_duration(duration, name="DURATION")
+    with ctx.transaction() as conn:
+        advanced = advance(conn, ctx.settings, project_id=project_id, by=by)
+    if as_json:
+        emit_json({"moved": advanced.deliveries, "endpoints": advanced.endpoints})
+    else:
+        click.echo(
+            f"moved {advanced.deliveries} test deliveries of {project_id} {duration} forward"
+        )
 
 
 # -- operations --------------------------------------------------------------------------------

@@ -99,10 +99,10 @@ def driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
         fairy.close()
 
 
-def migrate(settings: Settings) -> str:
+def migrate(settings: Settings, revision: str = "head") -> str:
     """Create or upgrade the webhooks schema; safe to run any number of times, even at once.
 
-    Returns the schema revision now in place.
+    Returns the schema revision now in place (``revision``: upgrade only that far).
     """
     config = Config()
     config.set_main_option("script_location", str(Path(schema_package.__file__).parent))
@@ -111,13 +111,13 @@ def migrate(settings: Settings) -> str:
     try:
         with translate_errors(settings), engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-            revision = conn.execute(
+            command.upgrade(config, revision)
+            current = conn.execute(
                 sql("SELECT version_num FROM {s}.alembic_version", settings.db_schema)
             ).scalar_one()
     finally:
         engine.dispose()
-    return str(revision)
+    return str(current)
 
 
 def describe_url(url: str) -> str:

@@ -23,6 +23,7 @@ from webhooks.errors import EndpointNotFound, InvalidArgument, InvalidEndpointUR
 from webhooks.event_types import validate_filters
 from webhooks.ids import new_id
 from webhooks.models import Endpoint
+from webhooks.modes import LIVE, validate_mode, validate_optional_mode
 from webhooks.outbox import notify_dispatchers, validate_project_id
 from webhooks.sealing import seal, unseal
 from webhooks.settings import Settings
@@ -36,7 +37,8 @@ _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _COLUMNS = (
-    "id, project_id, url, event_types, enabled, disabled_reason, created_at, updated_at, rate_limit"
+    "id, project_id, mode, url, event_types, enabled, disabled_reason, created_at, updated_at, "
+    "rate_limit"
 )
 
 
@@ -127,23 +129,30 @@ def add_endpoint(
     url: str,
     project_id: str,
     event_types: Iterable[str] = (),
+    mode: str = LIVE,
 ) -> tuple[Endpoint, str]:
-    """Create an endpoint and return it with its new signing secret (shown only here)."""
+    """Create an endpoint and return it with its new signing secret (shown only here).
+
+    ``mode`` (``live`` or ``test``) is fixed for its life: it receives only events of its
+    project in that mode.
+    """
     validate_url(url, settings)
     validate_project_id(project_id)
+    checked_mode = validate_mode(mode)
     filters = validate_filters(event_types)
     secret = generate_secret()
     now = clock.now()
     row = conn.execute(
         sql(
-            "INSERT INTO {s}.endpoints (id, project_id, url, secrets, event_types, enabled, "
-            "created_at, updated_at) VALUES (:id, :project_id, :url, CAST(:secrets AS jsonb), "
-            f":event_types, true, :now, :now) RETURNING {_COLUMNS}",
+            "INSERT INTO {s}.endpoints (id, project_id, mode, url, secrets, event_types, "
+            "enabled, created_at, updated_at) VALUES (:id, :project_id, :mode, :url, "
+            f"CAST(:secrets AS jsonb), :event_types, true, :now, :now) RETURNING {_COLUMNS}",
             settings.db_schema,
         ),
         {
             "id": new_id("ep"),
             "project_id": project_id,
+            "mode": checked_mode,
             "url": url,
             "secrets": json.dumps(
                 [{"secret": seal(secret, settings.secret_keys), "expires_at": None}]
@@ -167,17 +176,22 @@ def get_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endp
 
 
 def list_endpoints(
-    conn: Connection, settings: Settings, *, project_id: str | None = None
+    conn: Connection,
+    settings: Settings,
+    *,
+    project_id: str | None = None,
+    mode: str | None = None,
 ) -> list[Endpoint]:
-    """Return every endpoint, or those of one project, oldest first."""
+    """Return every endpoint, or those of one project and/or mode, oldest first."""
     rows = conn.execute(
         sql(
             f"SELECT {_COLUMNS} FROM {{s}}.endpoints "
-            "WHERE CAST(:project_id AS text) IS NULL OR project_id = :project_id "
+            "WHERE (CAST(:project_id AS text) IS NULL OR project_id = :project_id) "
+            "AND (CAST(:mode AS text) IS NULL OR mode = :mode) "
             "ORDER BY created_at, id",
             settings.db_schema,
         ),
-        {"project_id": project_id},
+        {"project_id": project_id, "mode": validate_optional_mode(mode)},
     )
     return [_endpoint(r) for r in rows]
 
@@ -299,6 +313,7 @@ def _endpoint(row: Any) -> Endpoint:
     return Endpoint(
         id=row.id,
         project_id=row.project_id,
+        mode=row.mode,
         url=row.url,
         event_types=tuple(row.event_types),
         enabled=row.enabled,

@@ -13,28 +13,33 @@ from webhooks.models import Attempt, Delivery
 from webhooks.settings import Settings
 
 ATTEMPTS = """
-SELECT a.number, a.trigger, a.delivery_id, a.endpoint_id, a.started_at, a.duration_ms,
+SELECT a.number, a.trigger, a.delivery_id, a.endpoint_id, d.mode, a.started_at, a.duration_ms,
        a.request_url, a.response_status, a.error_kind, a.error_message, a.response_body
-FROM {s}.attempts a
+FROM {s}.attempts a JOIN {s}.deliveries d ON d.id = a.delivery_id
 WHERE a.event_id = :event_id
   AND (CAST(:endpoint_id AS text) IS NULL OR a.endpoint_id = :endpoint_id)
 ORDER BY a.endpoint_id, a.number, a.id
 """
 DELIVERIES = """
-SELECT id, event_id, endpoint_id, state, attempt_count, next_attempt_at
+SELECT id, event_id, endpoint_id, mode, state, attempt_count, next_attempt_at
 FROM {s}.deliveries WHERE event_id = :event_id ORDER BY endpoint_id
 """
 
 
 def get_envelope(conn: Connection, settings: Settings, event_id: str) -> dict[str, Any]:
-    """Return the event's envelope as sent, or raise `EventNotFound`."""
-    payload = conn.execute(
-        sql("SELECT payload FROM {s}.events WHERE id = :id", settings.db_schema),
+    """Return the event's envelope as sent, or raise `EventNotFound`.
+
+    Events stored before modes existed have no ``"mode"`` in their bytes; they are live, and
+    the envelope returned says so.
+    """
+    row = conn.execute(
+        sql("SELECT payload, mode FROM {s}.events WHERE id = :id", settings.db_schema),
         {"id": event_id},
-    ).scalar_one_or_none()
-    if payload is None:
+    ).one_or_none()
+    if row is None:
         raise EventNotFound(event_id)
-    envelope: dict[str, Any] = json.loads(payload)
+    envelope: dict[str, Any] = json.loads(row.payload)
+    envelope.setdefault("mode", row.mode)
     return envelope
 
 
@@ -61,6 +66,7 @@ def get_deliveries(conn: Connection, settings: Settings, event_id: str) -> list[
             id=row.id,
             event_id=row.event_id,
             endpoint_id=row.endpoint_id,
+            mode=row.mode,
             state=row.state,
             attempt_count=row.attempt_count,
             next_attempt_at=row.next_attempt_at,

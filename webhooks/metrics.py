@@ -6,8 +6,9 @@ bounded whatever the traffic: no endpoint or event ids as labels (Flower and the
 answer per-delivery questions).
 
 Workers:
-- ``webhooks_attempts_total{outcome, error_kind, trigger}``: attempts made; ``outcome`` is
-  ``succeeded``, ``retrying``, ``failed`` (exhausted) or ``skipped`` (stale claim).
+- ``webhooks_attempts_total{outcome, error_kind, trigger, mode}``: attempts made; ``outcome``
+  is ``succeeded``, ``retrying``, ``failed`` (exhausted) or ``skipped`` (stale claim, whose
+  mode was not read: ``unknown``); ``mode`` is ``live`` or ``test``.
 - ``webhooks_attempt_duration_seconds{outcome}``: histogram of attempt durations.
 
 Dispatchers:
@@ -30,7 +31,7 @@ from webhooks.settings import Settings
 from webhooks.stats import BACKLOG, ENDPOINTS
 
 ATTEMPTS = Counter(
-    "webhooks_attempts", "Delivery attempts made.", ["outcome", "error_kind", "trigger"]
+    "webhooks_attempts", "Delivery attempts made.", ["outcome", "error_kind", "trigger", "mode"]
 )
 ATTEMPT_SECONDS = Histogram(
     "webhooks_attempt_duration_seconds",
@@ -63,11 +64,16 @@ def serve(settings: Settings) -> None:
 
 
 def observe_attempt(
-    *, state: str | None, error_kind: str | None, trigger: str, seconds: float | None
+    *,
+    state: str | None,
+    error_kind: str | None,
+    trigger: str,
+    seconds: float | None,
+    mode: str = "unknown",
 ) -> None:
     """Count one run of the task (``state`` None: the claim was stale and nothing was sent)."""
     outcome = {"succeeded": "succeeded", "failed": "failed", None: "skipped"}.get(state, "retrying")
-    ATTEMPTS.labels(outcome, error_kind or "none", trigger).inc()
+    ATTEMPTS.labels(outcome, error_kind or "none", trigger, mode).inc()
     if seconds is not None:
         ATTEMPT_SECONDS.labels(outcome).observe(seconds)
 

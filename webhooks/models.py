@@ -27,6 +27,7 @@ class Endpoint:
 
     id: str
     project_id: str
+    mode: str
     url: str
     event_types: tuple[str, ...]
     enabled: bool
@@ -41,6 +42,7 @@ class Endpoint:
             "id": self.id,
             "url": self.url,
             "project_id": self.project_id,
+            "mode": self.mode,
             "event_types": list(self.event_types),
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
@@ -58,6 +60,7 @@ class Attempt:
     trigger: str
     delivery_id: str
     endpoint_id: str
+    mode: str
     started_at: datetime
     duration_ms: int
     request_url: str
@@ -73,6 +76,7 @@ class Attempt:
             "trigger": self.trigger,
             "endpoint_id": self.endpoint_id,
             "delivery_id": self.delivery_id,
+            "mode": self.mode,
             "started_at": rfc3339(self.started_at),
             "duration_ms": self.duration_ms,
             "request_url": self.request_url,
@@ -90,6 +94,7 @@ class Delivery:
     id: str
     event_id: str
     endpoint_id: str
+    mode: str
     state: str
     attempt_count: int
     next_attempt_at: datetime | None
@@ -100,6 +105,7 @@ class Delivery:
         return {
             "id": self.id,
             "endpoint_id": self.endpoint_id,
+            "mode": self.mode,
             "state": self.state,
             "attempt_count": self.attempt_count,
             "next_attempt_at": rfc3339(self.next_attempt_at),

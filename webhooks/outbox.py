@@ -17,6 +17,7 @@ from webhooks.errors import InvalidArgument, InvalidPayload, PayloadTooLarge
 from webhooks.event_types import validate_event_type
 from webhooks.ids import new_id
 from webhooks.models import rfc3339
+from webhooks.modes import LIVE, Mode, validate_mode
 from webhooks.settings import Settings
 
 MAX_ENVELOPE_BYTES = 262_144
@@ -25,46 +26,55 @@ MAX_PROJECT_ID_LENGTH = 200
 
 # One round trip records the event, fans it out to every subscribed endpoint of the project
 # and, if any delivery is due, notifies the dispatchers (delivered at commit). A disabled
-# endpoint still gets its delivery, held (next_attempt_at NULL) until it is enabled. The
-# filter rule is `event_types.matches`, in SQL.
+# endpoint still gets its delivery, held (next_attempt_at NULL) until it is enabled. Only
+# endpoints of the event's project and mode are candidates; the filter rule is
+# `event_types.matches`, in SQL. `only_endpoint` (`webhooks trigger --endpoint`) sends a
+# simulated event to that one endpoint, whatever its filter says.
 PUBLISH = """
 WITH event AS (
-    INSERT INTO {s}.events (id, project_id, type, payload, idempotency_key, created_at)
-    VALUES (:id, :project_id, :type, :payload, :idempotency_key, :created_at)
-    ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    INSERT INTO {s}.events (id, project_id, mode, type, payload, idempotency_key, created_at)
+    VALUES (:id, :project_id, :mode, :type, :payload, :idempotency_key, :created_at)
+    ON CONFLICT (project_id, mode, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ), fan_out AS (
     INSERT INTO {s}.deliveries
-        (id, event_id, endpoint_id, state, next_attempt_at, created_at, updated_at)
-    SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, e.id, 'pending',
-           CASE WHEN e.enabled THEN :now END, :now, :now
+        (id, event_id, endpoint_id, project_id, mode, state, next_attempt_at, created_at,
+         updated_at)
+    SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, e.id, :project_id,
+           :mode, 'pending', CASE WHEN e.enabled THEN :now END, :now, :now
     FROM event, {s}.endpoints e
-    WHERE e.project_id = :project_id
-      AND (cardinality(e.event_types) = 0
-           OR :type = ANY (e.event_types)
-           OR EXISTS (SELECT 1 FROM unnest(e.event_types) f
-                      WHERE right(f, 2) = '.*' AND starts_with(:type, left(f, -1))))
+    WHERE e.project_id = :project_id AND e.mode = :mode
+      AND CASE WHEN CAST(:only_endpoint AS text) IS NOT NULL THEN e.id = :only_endpoint
+          ELSE cardinality(e.event_types) = 0
+               OR :type = ANY (e.event_types)
+               OR EXISTS (SELECT 1 FROM unnest(e.event_types) f
+                          WHERE right(f, 2) = '.*' AND starts_with(:type, left(f, -1)))
+          END
     RETURNING next_attempt_at
 ), counted AS (
     SELECT (SELECT id FROM event) AS id,
-           (SELECT count(*) FROM fan_out WHERE next_attempt_at IS NOT NULL) AS due
+           (SELECT count(*) FROM fan_out WHERE next_attempt_at IS NOT NULL) AS due,
+           (SELECT count(*) FROM fan_out) AS routed
 )
-SELECT id, due, CASE WHEN CAST(:notify AS boolean) AND due > 0
+SELECT id, due, routed, CASE WHEN CAST(:notify AS boolean) AND due > 0
                      THEN pg_notify(:channel, '') END AS notified
 FROM counted
 """
 
 EXISTING_EVENT = """
-SELECT id FROM {s}.events WHERE project_id = :project_id AND idempotency_key = :idempotency_key
+SELECT id FROM {s}.events
+WHERE project_id = :project_id AND mode = :mode AND idempotency_key = :idempotency_key
 """
 
 
 @dataclass(frozen=True)
 class PublishResult:
-    """The id of the published event, and whether an earlier publish already recorded it."""
+    """The id of the published event, whether an earlier publish already recorded it, and
+    how many deliveries this publish created (none for a duplicate)."""
 
     id: str
     duplicate: bool
+    deliveries: int = 0
 
 
 def channel(settings: Settings) -> str:
@@ -101,7 +111,13 @@ def validate_project_id(project_id: str) -> str:
 
 
 def build_envelope(
-    *, event_id: str, event_type: str, project_id: str, data: Any, created_at: str
+    *,
+    event_id: str,
+    event_type: str,
+    project_id: str,
+    data: Any,
+    created_at: str,
+    mode: Mode = LIVE,
 ) -> str:
     """Return the compact JSON envelope, refusing data that is not a JSON object or too big."""
     if not isinstance(data, dict):
@@ -114,6 +130,7 @@ def build_envelope(
         "type": event_type,
         "created_at": created_at,
         "project_id": project_id,
+        "mode": mode,
         "data": data,
     }
     try:
@@ -137,9 +154,17 @@ def publish_event(
     type: str,
     data: Any,
     idempotency_key: str | None = None,
+    mode: str = LIVE,
+    only_endpoint: str | None = None,
 ) -> PublishResult:
-    """Record an event in the caller's transaction and say whether it was a duplicate."""
+    """Record an event in the caller's transaction and say whether it was a duplicate.
+
+    Args:
+        only_endpoint: deliver to this endpoint alone (it must be of the event's project and
+            mode), ignoring filters: a simulated event sent on purpose.
+    """
     validate_project_id(project_id)
+    checked_mode = validate_mode(mode)
     validate_event_type(type)
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str)
@@ -158,10 +183,13 @@ def publish_event(
         project_id=project_id,
         data=data,
         created_at=rfc3339(now.replace(microsecond=0)) or "",
+        mode=checked_mode,
     )
     params = {
         "id": event_id,
         "project_id": project_id,
+        "mode": checked_mode,
+        "only_endpoint": only_endpoint,
         "type": type,
         "payload": payload,
         "idempotency_key": idempotency_key,
@@ -174,7 +202,7 @@ def publish_event(
     if row.id is None:
         existing = session.execute(sql(EXISTING_EVENT, settings.db_schema), params).scalar_one()
         return PublishResult(id=existing, duplicate=True)
-    return PublishResult(id=row.id, duplicate=False)
+    return PublishResult(id=row.id, duplicate=False, deliveries=int(row.routed))
 
 
 def publish(
@@ -185,11 +213,12 @@ def publish(
     data: Any,
     idempotency_key: str | None = None,
     settings: Settings | None = None,
+    mode: str = LIVE,
 ) -> str:
     """Publish an event inside the caller's transaction and return its id (``evt_…``).
 
     Rolled back, the event is never delivered; committed, it is delivered to every enabled
-    endpoint of the project whose filter matches, at least once. Publishing again with an
+    endpoint of the project and mode whose filter matches, at least once. Publishing again with an
     idempotency key already used in the project returns the first event's id and delivers
     nothing more.
 
@@ -198,13 +227,16 @@ def publish(
         project_id: the project the event belongs to (``proj_…``).
         type: the event type, e.g. ``deployment.succeeded``.
         data: a JSON object; the envelope must stay under 262,144 bytes.
-        idempotency_key: optional; unique per project.
+        idempotency_key: optional; unique per project and mode.
         settings: defaults to `Settings.from_env()` (only the schema name is used).
+        mode: ``"live"`` (default) or ``"test"`` (the sandbox: reaches only test endpoints,
+            and the envelope says ``"mode": "test"``).
 
     Raises:
         PayloadTooLarge: the envelope is over 262,144 bytes (a `ValueError`).
         InvalidPayload: ``data`` is not a JSON object.
         InvalidEventType: ``type`` is malformed.
+        InvalidArgument: ``mode``, ``project_id`` or ``idempotency_key`` is malformed.
     """
     result = publish_event(
         session,
@@ -213,5 +245,6 @@ def publish(
         type=type,
         data=data,
         idempotency_key=idempotency_key,
+        mode=mode,
     )
     return result.id

@@ -183,7 +183,7 @@ def test_publish_show_attempts_and_replay_as_an_operator_would(
         "k1",
         "--json",
     )
-    assert again == {"id": published["id"], "duplicate": True}
+    assert again == {"id": published["id"], "duplicate": True, "mode": "live"}
     assert (
         ok(
             env,
@@ -202,7 +202,7 @@ def test_publish_show_attempts_and_replay_as_an_operator_would(
     wait_for_state(engine, settings, published["id"], "succeeded")
     shown = ok(env, "event", "show", published["id"], "--json")
     assert shown["event"]["id"] == published["id"] and shown["event"]["data"] == {"n": 1}
-    assert set(shown["event"]) == {"id", "type", "created_at", "project_id", "data"}
+    assert set(shown["event"]) == {"id", "type", "created_at", "project_id", "mode", "data"}
     [delivery] = shown["deliveries"]
     assert {"id", "endpoint_id", "state", "attempt_count", "next_attempt_at", "attempts"} <= set(
         delivery

@@ -141,9 +141,9 @@ def test_a_stale_heartbeat_and_an_aged_backlog_fail_their_checks(
         )
         conn.execute(
             sql(
-                "INSERT INTO {s}.deliveries (id, event_id, endpoint_id, next_attempt_at, "
-                "created_at, updated_at) "
-                "VALUES ('dlv_doctor_late', 'evt_doctor_late', :ep, :due, now(), now())",
+                "INSERT INTO {s}.deliveries (id, event_id, endpoint_id, project_id, "
+                "next_attempt_at, created_at, updated_at) "
+                "VALUES ('dlv_doctor_late', 'evt_doctor_late', :ep, :p, :due, now(), now())",
                 settings.db_schema,
             ),
             params,

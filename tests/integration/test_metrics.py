@@ -65,8 +65,18 @@ def test_workers_count_attempts_by_outcome_and_dispatchers_report_backlog_and_cl
     wait_for_state(engine, settings, publish_one(engine, settings, project, "bad.event"), "failed")
 
     worker = samples(worker_port)
-    ok = (("error_kind", "none"), ("outcome", "succeeded"), ("trigger", "scheduled"))
-    bad = (("error_kind", "http_status"), ("outcome", "failed"), ("trigger", "scheduled"))
+    ok = (
+        ("error_kind", "none"),
+        ("mode", "live"),
+        ("outcome", "succeeded"),
+        ("trigger", "scheduled"),
+    )
+    bad = (
+        ("error_kind", "http_status"),
+        ("mode", "live"),
+        ("outcome", "failed"),
+        ("trigger", "scheduled"),
+    )
     assert worker[("webhooks_attempts_total", ok)] == 1
     assert worker[("webhooks_attempts_total", bad)] == 1
     assert worker[("webhooks_attempt_duration_seconds_count", (("outcome", "succeeded"),))] == 1

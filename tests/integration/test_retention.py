@@ -32,10 +32,10 @@ SELECT :prefix || lpad(i::text, 6, '0'), :project, 'deployment.succeeded', '{"id
 FROM generate_series(1, :n) AS i
 """
 DELIVERIES = """
-INSERT INTO {s}.deliveries (id, event_id, endpoint_id, state, attempt_count, next_attempt_at,
-                            lease_expires_at, claim_token, created_at, updated_at)
+INSERT INTO {s}.deliveries (id, event_id, endpoint_id, project_id, state, attempt_count,
+                            next_attempt_at, lease_expires_at, claim_token, created_at, updated_at)
 SELECT 'dlv_' || :endpoint || :prefix || lpad(i::text, 6, '0'), :prefix || lpad(i::text, 6, '0'),
-       :endpoint, :state, :attempts, CAST(:next_at AS timestamptz),
+       :endpoint, 'proj_retention', :state, :attempts, CAST(:next_at AS timestamptz),
        CASE WHEN :state = 'delivering' THEN CAST(:lease AS timestamptz) END,
        CASE WHEN :state = 'delivering' THEN gen_random_uuid() END, :at, :at
 FROM generate_series(1, :n) AS i

@@ -46,10 +46,10 @@ def seed(
             )
             conn.execute(
                 sql(
-                    "INSERT INTO {s}.deliveries (id, event_id, endpoint_id, state, "
+                    "INSERT INTO {s}.deliveries (id, event_id, endpoint_id, project_id, state, "
                     "next_attempt_at, created_at, updated_at) "
                     "SELECT 'dlv_' || :tag || :state || i, 'evt_' || :tag || :state || i, :ep, "
-                    ":state, CAST(:next_at AS timestamptz), :now, :now "
+                    "'proj_s', :state, CAST(:next_at AS timestamptz), :now, :now "
                     "FROM generate_series(1, :n) AS i",
                     settings.db_schema,
                 ),
