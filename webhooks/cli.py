@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from webhooks import __version__, clock
+from webhooks.catalogue import CATALOGUE, unknown_filter_warnings
 from webhooks.database import create_engine, migrate, translate_errors
 from webhooks.endpoints import (
     add_endpoint,
@@ -31,6 +32,7 @@ from webhooks.endpoints import (
     set_rate_limit,
 )
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
+from webhooks.event_types import validate_filters
 from webhooks.history import get_deliveries, get_envelope, list_attempts
 from webhooks.models import Attempt, Endpoint, rfc3339
 from webhooks.outbox import publish_event
@@ -157,13 +159,17 @@ def endpoint_add(
 ) -> None:
     """Register URL to receive the project's events; prints its id and signing secret."""
     per_second = parse_rate(rate)
+    filters = validate_filters(events.split(","))
     with ctx.transaction() as conn:
         endpoint, secret = add_endpoint(
-            conn, ctx.settings, url=url, project_id=project_id, event_types=events.split(",")
+            conn, ctx.settings, url=url, project_id=project_id, event_types=filters
         )
         if per_second is not None:
             endpoint = set_rate_limit(conn, ctx.settings, endpoint.id, per_second)
     show_endpoint(endpoint, as_json, secret)
+    # After the endpoint exists: a warning, not an error (the API may add types before we do).
+    for warning in unknown_filter_warnings(filters):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @endpoint_group.command("list")
@@ -310,6 +316,16 @@ def publish_command(
             result.id
             + ("  (already published with this idempotency key)" if result.duplicate else "")
         )
+
+
+@cli.command("event-types")
+@json_option
+def event_types_command(as_json: bool) -> None:
+    """List the event types the Cloud API emits, each with an example of its data."""
+    if as_json:
+        emit_json([entry.to_json() for entry in CATALOGUE])
+        return
+    emit_table(["type", "description"], [(e.type, e.description) for e in CATALOGUE])
 
 
 @cli.group("event")
