@@ -229,6 +229,49 @@ def endpoint_enable(ctx: Context, endpoint_id: str, as_json: bool) -> None:
         show_endpoint(enable_endpoint(conn, ctx.settings, endpoint_id), as_json)
 
 
+@endpoint_group.command("check")
+@click.argument("endpoint_id")
+@json_option
+@pass_context
+def endpoint_check(ctx: Context, endpoint_id: str, as_json: bool) -> None:
+    """Probe a receiver with a valid, a forged, a stale and a repeated event; exit 1 if it errs."""
+    from webhooks.receiver_check import check_endpoint
+
+    with ctx.transaction() as conn:
+        endpoint = get_endpoint(conn, ctx.settings, endpoint_id)
+    with translate_errors(ctx.settings):
+        check = check_endpoint(ctx.engine, ctx.settings, endpoint)
+    if as_json:
+        emit_json(check.to_json())
+    else:
+        click.echo(f"checking {check.endpoint_id} at {check.url} ({check.mode})")
+        emit_table(
+            ["probe", "expected", "answer", "result", "hint"],
+            [
+                (
+                    p.probe,
+                    p.expected,
+                    printable(p.answer),
+                    "pass" if p.is_passed else "FAIL",
+                    printable(p.verdict.hint),
+                )
+                for p in check.probes
+            ],
+        )
+        failed = sum(not p.is_passed for p in check.probes)
+        click.echo(
+            f"all {len(check.probes)} probes were answered as they should be"
+            if not failed
+            else f"{failed} of {len(check.probes)} probes were not answered as they should be"
+        )
+    raise SystemExit(0 if check.is_passed else 1)
+
+
+def printable(text: str) -> str:
+    """Receiver-controlled text, safe for a terminal: no escapes, no line breaks."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
 def parse_rate(text: str) -> float | None:
     if text.strip().lower() in {"off", "none", "0"}:
         return None
