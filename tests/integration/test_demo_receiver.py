@@ -117,10 +117,11 @@ def test_a_malformed_failure_path_answers_400_saying_what_it_takes(
     assert fragment in response.text
 
 
-def test_every_other_path_still_verifies_the_signature(
+def test_only_the_failure_paths_fail_on_demand_every_other_path_verifies_the_signature(
     demo: tuple[DemoReceiver, list[str]],
 ) -> None:
     receiver, _ = demo
+    assert post(f"{base(receiver)}/status/503").status_code == 503
     assert post(receiver.url).status_code == 204
     assert post(receiver.url, signed=False).status_code == 401
     assert post(f"{base(receiver)}/statuses/503").status_code == 204
