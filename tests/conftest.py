@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from tests.processes import Stack
 from tests.receiver import Receiver
 from webhooks.database import create_engine, migrate
-from webhooks.settings import Settings, normalize_database_url
+from webhooks.sandbox import advance
+from webhooks.settings import Settings, normalize_database_url, parse_duration
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -121,6 +122,19 @@ def stack(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         stack.stop()
         print(stack.logs())  # shown by pytest when a test of the module failed
+
+
+@pytest.fixture
+def sandbox_advance(engine: Engine, settings: Settings) -> Callable[[str, str], int]:
+    """Fast-forward a project's test-mode deliveries, as `webhooks sandbox advance` does:
+    ``sandbox_advance("proj_…", "72h")`` returns how many deliveries moved."""
+
+    def advance_project(project_id: str, duration: str) -> int:
+        with engine.begin() as conn:
+            moved = advance(conn, settings, project_id=project_id, by=parse_duration(duration))
+        return moved.deliveries
+
+    return advance_project
 
 
 @pytest.fixture

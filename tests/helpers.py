@@ -20,12 +20,18 @@ from webhooks.settings import Settings
 
 
 def new_endpoint(
-    engine: Engine, settings: Settings, url: str, project: str, events: tuple[str, ...] = ()
+    engine: Engine,
+    settings: Settings,
+    url: str,
+    project: str,
+    events: tuple[str, ...] = (),
+    *,
+    mode: str = "live",
 ) -> tuple[str, str]:
     """Create an endpoint; return (id, secret)."""
     with engine.begin() as conn:
         endpoint, secret = add_endpoint(
-            conn, settings, url=url, project_id=project, event_types=events
+            conn, settings, url=url, project_id=project, event_types=events, mode=mode
         )
     return endpoint.id, secret
 

@@ -70,18 +70,33 @@ class AttemptReport:
         }
 
 
-def request_headers(job: AttemptJob, timestamp: int) -> dict[str, str]:
-    """The headers of one attempt: a fresh timestamp and signature, the same ``webhook-id``."""
-    event_id = job.claim.event_id
+def webhook_headers(*, msg_id: str, timestamp: int, signature: str) -> dict[str, str]:
+    """The headers of every request we send a receiver (attempts and receiver checks).
+
+    Args:
+        msg_id: the ``webhook-id``: the event id.
+        timestamp: the ``webhook-timestamp``, unix seconds.
+        signature: the ``webhook-signature`` value (`webhooks.signing.signature_header`).
+    """
     return {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
-        "webhook-id": event_id,
+        "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature_header(
+        "webhook-signature": signature,
+    }
+
+
+def request_headers(job: AttemptJob, timestamp: int) -> dict[str, str]:
+    """The headers of one attempt: a fresh timestamp and signature, the same ``webhook-id``."""
+    event_id = job.claim.event_id
+    return webhook_headers(
+        msg_id=event_id,
+        timestamp=timestamp,
+        signature=signature_header(
             job.secrets, msg_id=event_id, timestamp=timestamp, body=job.payload
         ),
-    }
+    )
 
 
 def run_attempt(

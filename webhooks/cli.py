@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from webhooks import __version__, clock
+from webhooks.catalogue import CATALOGUE, example_data, unknown_filter_warnings
 from webhooks.database import create_engine, migrate, translate_errors
 from webhooks.endpoints import (
     add_endpoint,
@@ -31,12 +32,13 @@ from webhooks.endpoints import (
     set_rate_limit,
 )
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
+from webhooks.event_types import validate_filters
 from webhooks.history import get_deliveries, get_envelope, list_attempts
 from webhooks.models import Attempt, Endpoint, rfc3339
 from webhooks.modes import MODES
 from webhooks.outbox import publish_event
 from webhooks.replay import BulkReplay, count_bulk, replay_bulk, replay_event
-from webhooks.sandbox import advance
+from webhooks.sandbox import advance, trigger_event
 from webhooks.settings import Settings, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -168,18 +170,22 @@ def endpoint_add(
 ) -> None:
     """Register URL to receive the project's events; prints its id and signing secret."""
     per_second = parse_rate(rate)
+    filters = validate_filters(events.split(","))
     with ctx.transaction() as conn:
         endpoint, secret = add_endpoint(
             conn,
             ctx.settings,
             url=url,
             project_id=project_id,
-            event_types=events.split(","),
+            event_types=filters,
             mode=mode,
         )
         if per_second is not None:
             endpoint = set_rate_limit(conn, ctx.settings, endpoint.id, per_second)
     show_endpoint(endpoint, as_json, secret)
+    # After the endpoint exists: a warning, not an error (the API may add types before we do).
+    for warning in unknown_filter_warnings(filters):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @endpoint_group.command("list")
@@ -239,6 +245,49 @@ def endpoint_enable(ctx: Context, endpoint_id: str, as_json: bool) -> None:
     """Deliver to an endpoint again, starting with what it missed."""
     with ctx.transaction() as conn:
         show_endpoint(enable_endpoint(conn, ctx.settings, endpoint_id), as_json)
+
+
+@endpoint_group.command("check")
+@click.argument("endpoint_id")
+@json_option
+@pass_context
+def endpoint_check(ctx: Context, endpoint_id: str, as_json: bool) -> None:
+    """Probe a receiver with a valid, a forged, a stale and a repeated event; exit 1 if it errs."""
+    from webhooks.receiver_check import check_endpoint
+
+    with ctx.transaction() as conn:
+        endpoint = get_endpoint(conn, ctx.settings, endpoint_id)
+    with translate_errors(ctx.settings):
+        check = check_endpoint(ctx.engine, ctx.settings, endpoint)
+    if as_json:
+        emit_json(check.to_json())
+    else:
+        click.echo(f"checking {check.endpoint_id} at {check.url} ({check.mode})")
+        emit_table(
+            ["probe", "expected", "answer", "result", "hint"],
+            [
+                (
+                    p.probe,
+                    p.expected,
+                    printable(p.answer),
+                    "pass" if p.is_passed else "FAIL",
+                    printable(p.verdict.hint),
+                )
+                for p in check.probes
+            ],
+        )
+        failed = sum(not p.is_passed for p in check.probes)
+        click.echo(
+            f"all {len(check.probes)} probes were answered as they should be"
+            if not failed
+            else f"{failed} of {len(check.probes)} probes were not answered as they should be"
+        )
+    raise SystemExit(0 if check.is_passed else 1)
+
+
+def printable(text: str) -> str:
+    """Receiver-controlled text, safe for a terminal: no escapes, no line breaks."""
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def parse_rate(text: str) -> float | None:
@@ -331,6 +380,16 @@ def publish_command(
             result.id
             + ("  (already published with this idempotency key)" if result.duplicate else "")
         )
+
+
+@cli.command("event-types")
+@json_option
+def event_types_command(as_json: bool) -> None:
+    """List the event types the Cloud API emits, each with an example of its data."""
+    if as_json:
+        emit_json([entry.to_json() for entry in CATALOGUE])
+        return
+    emit_table(["type", "description"], [(e.type, e.description) for e in CATALOGUE])
 
 
 @cli.group("event")
@@ -469,6 +528,49 @@ def report_replay(count: int, as_json: bool, *, dry_run: bool) -> None:
 @cli.group("sandbox")
 def sandbox_group() -> None:
     """Test-mode tools: fast-forward a project's test deliveries."""
+
+
+@cli.command("trigger")
+@click.argument("event_type")
+@click.option("--project", "project_id", required=True, help="Project id (proj_…).")
+@click.option("--endpoint", "endpoint_id", default=None, help="Only this test endpoint.")
+@click.option("--data", default=None, help="A JSON object, @FILE, or - (default: an example).")
+@json_option
+@pass_context
+def trigger_command(
+    ctx: Context,
+    event_type: str,
+    project_id: str,
+    endpoint_id: str | None,
+    data: str | None,
+    as_json: bool,
+) -> None:
+    """Send a simulated test-mode EVENT_TYPE event to the project's test endpoints.
+
+    It goes through the real pipeline (outbox, dispatcher, worker, signed POST, stored
+    attempts) with the catalogue's example data unless --data is given; `--endpoint` sends
+    it to that one test endpoint, whatever its filter. Live endpoints never receive it.
+    """
+    payload = example_data(event_type) if data is None else read_data(data)
+    with ctx.transaction() as conn:
+        result = trigger_event(
+            conn,
+            ctx.settings,
+            project_id=project_id,
+            event_type=event_type,
+            data=payload,
+            endpoint_id=endpoint_id,
+        )
+    if result.deliveries == 0:
+        click.echo(
+            f"warning: no test endpoint of {project_id} subscribes to {event_type}; add one "
+            f"with `webhooks endpoint add URL --project {project_id} --mode test`",
+            err=True,
+        )
+    if as_json:
+        emit_json({"id": result.id, "mode": "test", "deliveries": result.deliveries})
+    else:
+        click.echo(f"{result.id}  (test mode, {result.deliveries} deliveries)")
 
 
 @sandbox_group.command("advance")

@@ -4,6 +4,15 @@ It verifies the Standard Webhooks signature the way a customer's receiver would,
 but the standard library (deliberately not with `webhooks.signing`: the point is to check our
 signatures from the outside), prints one line per request and answers ``204``, or ``401`` when
 the signature does not verify. It is for development only: it binds 127.0.0.1.
+
+Failure on demand: some paths answer as a bad day would, whatever the signature, so a
+developer can watch retries, timeouts and ``Retry-After`` without writing a server
+(`failure_for_path`):
+
+- ``/status/CODE`` answers CODE (200 to 599);
+- ``/slow/MS`` answers 200 after MS milliseconds (at most `MAX_SLOW_MS`);
+- ``/hang`` never answers: it holds the connection until the client gives up;
+- ``/retry-after/S`` answers 503 with ``Retry-After: S``.
 """
 
 from __future__ import annotations
@@ -13,19 +22,87 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
-__all__ = ["DemoReceiver", "ReceivedWebhook", "verify_signature"]
+__all__ = ["DemoReceiver", "Failure", "ReceivedWebhook", "failure_for_path", "verify_signature"]
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 # Standard Webhooks receivers refuse timestamps this far from their clock (replay protection).
 TIMESTAMP_TOLERANCE_SECONDS = 5 * 60
 MAX_BODY_BYTES = 1024 * 1024
+# Longer than any sender's deadline (ours is 10 s), short enough not to pin a thread for long.
+MAX_SLOW_MS = 60_000
+# A client that never hangs up on /hang is let go after this long (ours hangs up at 10 s).
+MAX_HANG_SECONDS = 300.0
+# Retry-After values beyond a day say nothing more about backoff (ours clamps to the window).
+MAX_RETRY_AFTER_SECONDS = 86_400
+
+_FAILURE_PATH = re.compile(r"^/(status|slow|hang|retry-after)(?:/([^/]*))?/?$")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How to answer a failure-on-demand path, instead of verifying and answering 204/401.
+
+    ``status`` None means never answer (``/hang``); ``delay_seconds`` is waited first.
+    """
+
+    status: int | None
+    delay_seconds: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+
+    def describe(self) -> str:
+        """How it answers, for the receiver's one-line summary."""
+        if self.status is None:
+            return "hanging until the client gives up"
+        delay = f" after {self.delay_seconds * 1000:.0f} ms" if self.delay_seconds else ""
+        extra = "".join(f", {k}: {v}" for k, v in self.headers.items())
+        return f"answering {self.status}{delay}{extra}"
+
+
+def failure_for_path(target: str) -> Failure | None:
+    """How a failure-on-demand path answers; None for every other path.
+
+    A malformed one (``/status/abc``, ``/slow/-1``) answers 400 with a body that says what
+    the path takes, so a typo is seen rather than silently accepted.
+
+    Args:
+        target: the request target, path and optional query (``/status/503?x=1``).
+    """
+    found = _FAILURE_PATH.match(urlsplit(target).path)
+    if found is None:
+        return None
+    kind, argument = found.group(1), found.group(2)
+    if kind == "hang":
+        return Failure(status=None) if not argument else _misused("/hang takes no argument")
+    number = int(argument) if argument and argument.isascii() and argument.isdigit() else None
+    if kind == "status":
+        if number is None or not 200 <= number <= 599:
+            return _misused("use /status/CODE with CODE from 200 to 599, e.g. /status/503")
+        return Failure(status=number)
+    if kind == "slow":
+        if number is None:
+            return _misused("use /slow/MS with MS in milliseconds, e.g. /slow/12000")
+        return Failure(status=200, delay_seconds=min(number, MAX_SLOW_MS) / 1000)
+    if number is None or number > MAX_RETRY_AFTER_SECONDS:
+        return _misused(
+            f"use /retry-after/S with S from 0 to {MAX_RETRY_AFTER_SECONDS} seconds, "
+            "e.g. /retry-after/120"
+        )
+    return Failure(status=503, headers={"retry-after": str(number)})
+
+
+def _misused(message: str) -> Failure:
+    return Failure(status=400, body=message + "\n")
 
 
 @dataclass(frozen=True)
@@ -38,6 +115,8 @@ class ReceivedWebhook:
     is_signature_valid: bool
     body: bytes
     headers: dict[str, str]
+    path: str = ""
+    failure: Failure | None = None
 
 
 def verify_signature(
@@ -108,6 +187,7 @@ class DemoReceiver:
         self._path = path
         self._echo = echo or _print_line
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -125,7 +205,8 @@ class DemoReceiver:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving and close the socket (slow and hanging answers end at once)."""
+        self._stopping.set()
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
@@ -138,11 +219,12 @@ class DemoReceiver:
     def _record(self, webhook: ReceivedWebhook) -> None:
         with self._lock:
             self.received.append(webhook)
-        valid = "yes" if webhook.is_signature_valid else "no"
-        self._echo(
-            f"demo receiver: {webhook.msg_id or '-'} {webhook.event_type or '-'} "
-            f"signature valid: {valid}"
-        )
+        if webhook.failure is not None:
+            # Such an endpoint has a secret of its own, which this receiver cannot know.
+            outcome = f"{webhook.path}: {webhook.failure.describe()}"
+        else:
+            outcome = "signature valid: " + ("yes" if webhook.is_signature_valid else "no")
+        self._echo(f"demo receiver: {webhook.msg_id or '-'} {webhook.event_type or '-'} {outcome}")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -171,6 +253,7 @@ class DemoReceiver:
                     signature_header=self.headers.get("webhook-signature", ""),
                     body=body,
                 )
+                failure = failure_for_path(self.path)
                 receiver._record(
                     ReceivedWebhook(
                         msg_id=msg_id,
@@ -179,17 +262,48 @@ class DemoReceiver:
                         is_signature_valid=is_valid,
                         body=body,
                         headers={k.lower(): v for k, v in self.headers.items()},
+                        path=_printable(self.path),
+                        failure=failure,
                     )
                 )
-                self._answer(204 if is_valid else 401)
+                if failure is None:
+                    self._answer(204 if is_valid else 401)
+                elif failure.status is None:
+                    self._hold_until_client_leaves()
+                elif not receiver._stopping.wait(failure.delay_seconds):
+                    try:
+                        self._answer(failure.status, failure.headers, failure.body.encode())
+                    except (BrokenPipeError, ConnectionResetError):
+                        # A slow answer the client stopped waiting for: that is the demo.
+                        self.close_connection = True
 
             def do_GET(self) -> None:
                 self._answer(405)
 
-            def _answer(self, status: int) -> None:
+            def _answer(
+                self, status: int, headers: dict[str, str] | None = None, body: bytes = b""
+            ) -> None:
                 self.send_response(status)
-                self.send_header("content-length", "0")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                if body:
+                    self.send_header("content-type", "text/plain; charset=utf-8")
+                self.send_header("content-length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
+
+            def _hold_until_client_leaves(self) -> None:
+                # The connection is watched, not merely slept on, so the thread ends as
+                # soon as the sender gives up (its deadline) rather than minutes later.
+                deadline = time.monotonic() + MAX_HANG_SECONDS
+                while not receiver._stopping.is_set() and time.monotonic() < deadline:
+                    try:
+                        readable, _, _ = select.select([self.connection], [], [], 0.2)
+                        if readable and not self.connection.recv(1024):
+                            break
+                    except OSError:
+                        break
+                self.close_connection = True
 
         return Handler
 
@@ -201,6 +315,11 @@ def _event_type(body: bytes) -> str:
         return ""
     value = envelope.get("type") if isinstance(envelope, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def _printable(text: str) -> str:
+    # The path comes from whoever connects: never echo terminal escapes.
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _print_line(line: str) -> None:

@@ -264,6 +264,7 @@ class _Dev:
         assert self.receiver is not None
         command = _webhooks_command()
         data = '{"deployment_id": "dep_2", "status": "succeeded"}'
+        failing_url = self.receiver.url.removesuffix(DEMO_PATH) + "/status/503"
         self.console.say(
             "\n".join(
                 [
@@ -277,6 +278,10 @@ class _Dev:
                     f"  . {_shell_path(self.env_file)}",
                     f"  {_shell_path(command)} publish {DEMO_EVENT_TYPE} "
                     f"--project {DEMO_PROJECT} --data {shlex.quote(data)}",
+                    "",
+                    "Watch retries, timeouts and Retry-After: the demo receiver fails on demand",
+                    "at /status/CODE, /slow/MS, /hang and /retry-after/S, e.g.",
+                    f"  {_shell_path(command)} endpoint add {failing_url} --project {DEMO_PROJECT}",
                     "",
                     "Press Ctrl-C to stop.",
                 ]

@@ -1,8 +1,9 @@
 """Endpoints: where customers want their events, with secrets, filters and an on/off switch.
 
 Every function takes an open connection (the caller owns the transaction) and the settings.
-Secrets leave this module only from `add_endpoint` and `rotate_secret`, the two operations
-whose job is to show them once.
+Secrets leave this module to be shown only from `add_endpoint` and `rotate_secret`, the two
+operations whose job is to show them once; `signing_secrets` hands them to code that signs
+with them (the receiver check) and never shows them.
 """
 
 from __future__ import annotations
@@ -173,6 +174,23 @@ def get_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endp
     if row is None:
         raise EndpointNotFound(endpoint_id)
     return _endpoint(row)
+
+
+def signing_secrets(
+    conn: Connection, settings: Settings, endpoint_id: str, now: datetime
+) -> list[str]:
+    """Return the secrets an endpoint's requests are signed with at ``now`` (never to show).
+
+    Raises:
+        EndpointNotFound: no endpoint has this id.
+    """
+    stored = conn.execute(
+        sql("SELECT secrets FROM {s}.endpoints WHERE id = :id", settings.db_schema),
+        {"id": endpoint_id},
+    ).scalar_one_or_none()
+    if stored is None:
+        raise EndpointNotFound(endpoint_id)
+    return active_secrets(stored, now, settings.secret_keys)
 
 
 def list_endpoints(
