@@ -27,6 +27,7 @@ from webhooks.endpoints import (
     enable_endpoint,
     get_endpoint,
     list_endpoints,
+    reseal_secrets,
     rotate_secret,
     set_rate_limit,
 )
@@ -35,6 +36,7 @@ from webhooks.history import get_deliveries, get_envelope, list_attempts
 from webhooks.models import Attempt, Endpoint, rfc3339
 from webhooks.outbox import publish_event
 from webhooks.replay import BulkReplay, count_bulk, replay_bulk, replay_event
+from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings, parse_duration
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -82,6 +84,13 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def warn_if_plaintext(settings: Settings) -> None:
+    """Say on stderr, before a command stores a secret, that it will be stored in plain text."""
+    warning = plaintext_warning(settings.secret_keys, is_dev=settings.is_dev)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def parse_time(text: str, *, option: str) -> datetime:
@@ -157,6 +166,7 @@ def endpoint_add(
 ) -> None:
     """Register URL to receive the project's events; prints its id and signing secret."""
     per_second = parse_rate(rate)
+    warn_if_plaintext(ctx.settings)
     with ctx.transaction() as conn:
         endpoint, secret = add_endpoint(
             conn, ctx.settings, url=url, project_id=project_id, event_types=events.split(",")
@@ -253,9 +263,35 @@ def endpoint_rate_limit(ctx: Context, endpoint_id: str, rate: str, as_json: bool
 def endpoint_rotate(ctx: Context, endpoint_id: str, grace: str, as_json: bool) -> None:
     """Give an endpoint a new secret; the old one keeps signing for --grace."""
     grace_period = parse_duration(grace, name="--grace")
+    warn_if_plaintext(ctx.settings)
     with ctx.transaction() as conn:
         endpoint, secret = rotate_secret(conn, ctx.settings, endpoint_id, grace=grace_period)
     show_endpoint(endpoint, as_json, secret)
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Endpoint signing secrets at rest."""
+
+
+@secrets_group.command("reseal")
+@json_option
+@pass_context
+def secrets_reseal(ctx: Context, as_json: bool) -> None:
+    """Seal every stored secret under the first WEBHOOKS_SECRET_KEY; drop retired ones.
+
+    Run it after setting a key for the first time (secrets stored before are plain text), and
+    after putting a new key first in the list: once it has run, the old key can be removed.
+    """
+    with translate_errors(ctx.settings):
+        report = reseal_secrets(ctx.engine, ctx.settings)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(
+            f"sealed {report.resealed} secrets of {report.endpoints} endpoints under the first "
+            f"key of WEBHOOKS_SECRET_KEY; dropped {report.dropped} retired secrets"
+        )
 
 
 # -- events ------------------------------------------------------------------------------------

@@ -180,6 +180,8 @@ class Settings:
     breaker_cooldown: timedelta = timedelta(seconds=30)
     log_format: str = "text"
     metrics_port: int | None = None
+    # Set by `webhooks dev` for its children: development defaults, and quiet about them.
+    is_dev: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -248,4 +250,5 @@ class Settings:
             log_format=parse_choice(
                 get("WEBHOOKS_LOG_FORMAT", "text"), ("text", "json"), "WEBHOOKS_LOG_FORMAT"
             ),
+            is_dev=parse_bool(env.get("WEBHOOKS_DEV", ""), name="WEBHOOKS_DEV"),
         )

@@ -39,8 +39,10 @@ from webhooks.claims import (
     release_held,
 )
 from webhooks.database import create_engine
+from webhooks.endpoints import drop_retired_secrets
 from webhooks.heartbeats import beat, forget, new_dispatcher_id
 from webhooks.outbox import REPLAYS_QUEUED, channel
+from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
 
 log = logging.getLogger("webhooks.dispatcher")
@@ -53,6 +55,8 @@ HEARTBEAT_EVERY = 5.0
 REAP_EVERY = 1.0
 # How often queued replays are looked for without a notification saying there are some.
 REPLAYS_EVERY = 1.0
+# How often secrets past their rotation grace are removed from endpoints (they sign nothing).
+DROP_RETIRED_SECRETS_EVERY = 60.0
 # How often held rows of enabled endpoints are looked for (SPEC: a held delivery is attempted
 # within 5 s of its endpoint's enable, even when a publish raced the enable).
 RELEASE_HELD_EVERY = 2.0
@@ -196,7 +200,7 @@ class Dispatcher:
         started = False
         while not self._stopping.is_set():
             try:
-                if self._beat() and not started:
+                if self.heartbeat() and not started:
                     # Only now is it visible to `webhooks doctor`: say so once.
                     log.info(
                         "dispatcher.started",
@@ -224,13 +228,19 @@ class Dispatcher:
             forget(conn, self.settings, self.id)
         self.engine.dispose()
 
-    def _beat(self) -> bool:
-        """Record a heartbeat if one is due; True once at least one has been recorded."""
+    def heartbeat(self) -> bool:
+        """Record a heartbeat if one is due; True once at least one has been recorded.
+
+        A slow chore rides along, on its own period: dropping endpoint secrets whose grace
+        period is over.
+        """
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
             with self.engine.begin() as conn:
                 now = clock.now()
                 beat(conn, self.settings, self.id, now)
                 metrics.refresh_gauges(conn, self.settings, now)
+                if self._every("retired_secrets", DROP_RETIRED_SECRETS_EVERY):
+                    drop_retired_secrets(conn, self.settings, now)
             self._last_beat = time.monotonic()
         return True
 
@@ -279,6 +289,9 @@ def run_dispatcher(settings: Settings) -> None:
     from workers.heap import freeze_startup_objects
 
     dispatcher = Dispatcher(settings, app)
+    warning = plaintext_warning(settings.secret_keys, is_dev=settings.is_dev)
+    if warning:
+        log.warning("secrets.stored_in_plain_text", extra={"detail": warning})
     metrics.serve(settings)
     freeze_startup_objects()
 
