@@ -38,6 +38,7 @@ from webhooks.claims import (
     release_claims,
     release_held,
 )
+from webhooks.clock_offset import CLOCK_CHECK_EVERY, warn_if_clock_offset
 from webhooks.database import create_engine
 from webhooks.endpoints import drop_retired_secrets
 from webhooks.heartbeats import beat, forget, new_dispatcher_id
@@ -231,11 +232,14 @@ class Dispatcher:
     def heartbeat(self) -> bool:
         """Record a heartbeat if one is due; True once at least one has been recorded.
 
-        A slow chore rides along, on its own period: dropping endpoint secrets whose grace
-        period is over.
+        The slow chores ride along, each on its own period: measuring this machine's clock
+        against the database's (a warning if it is off by more than the leases tolerate)
+        and dropping endpoint secrets whose grace period is over.
         """
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
             with self.engine.begin() as conn:
+                if self._every("clock", CLOCK_CHECK_EVERY.total_seconds()):
+                    warn_if_clock_offset(conn, log)
                 now = clock.now()
                 beat(conn, self.settings, self.id, now)
                 metrics.refresh_gauges(conn, self.settings, now)

@@ -17,6 +17,8 @@ names:
 - ``backlog``: deliveries due now, on enabled endpoints, and how long the oldest has waited.
   A backlog that ages past the threshold means dispatchers or workers cannot keep up (or are
   gone). One endpoint at its in-flight cap can also age it: read ``webhooks stats``.
+- ``clock``: this machine's clock against the database's (`webhooks.clock_offset`): leases
+  assume every machine is within 1 s of the database, so more than that fails.
 - ``secrets``: whether endpoint secrets are sealed at rest (`WEBHOOKS_SECRET_KEY`). Plain text
   outside `webhooks dev`, or secrets stored before the key was set, pass with a warning
   (``WARN``): deliveries work, but the operator should act.
@@ -43,6 +45,7 @@ from sqlalchemy.pool import NullPool
 
 import schema as schema_package
 from webhooks import clock
+from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
 from webhooks.database import describe_url, sql
 from webhooks.sealing import PREFIX as SEALED_PREFIX
 from webhooks.sealing import plaintext_warning
@@ -126,6 +129,10 @@ def run_checks(
                 checks.append(_guard(name, check))
             else:
                 checks.append(Check(name, False, "skipped: the schema is not ready"))
+        if database.ok:
+            checks.append(_guard("clock", lambda: _check_clock(engine)))
+        else:
+            checks.append(Check("clock", False, "skipped: the database is unreachable"))
         checks.append(_guard("secrets", lambda: _check_secrets(engine, settings, schema_ok)))
     finally:
         engine.dispose()
@@ -335,6 +342,20 @@ def _check_backlog(engine: Engine, settings: Settings, limit: timedelta, now: da
             "see `webhooks stats`",
         )
     return Check("backlog", True, detail)
+
+
+def _check_clock(engine: Engine) -> Check:
+    with engine.connect() as conn:
+        measured = measure_offset(conn)
+    if not measured.is_within(MAX_CLOCK_OFFSET):
+        return Check(
+            "clock",
+            False,
+            f"{measured.describe()}, over {MAX_CLOCK_OFFSET.total_seconds():g}s: leases would be "
+            "reclaimed early and deliveries sent twice; synchronise this machine's clock "
+            "(NTP, chrony)",
+        )
+    return Check("clock", True, measured.describe())
 
 
 def _check_secrets(engine: Engine, settings: Settings, schema_ok: bool) -> Check:

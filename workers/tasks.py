@@ -20,10 +20,12 @@ from webhooks.logs import KeyValueFormatter, quiet_libraries
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
 from workers.app import app
+from workers.clock_watch import ClockWatch
 from workers.heap import freeze_startup_objects
 from workers.resources import close_resources, get_resources
 
 log = logging.getLogger("webhooks.worker")
+_clock_watch = ClockWatch()
 
 
 @app.task(name="webhooks.deliver", acks_late=True)
@@ -68,12 +70,14 @@ def _ready(**_: Any) -> None:
     warning = plaintext_warning(resources.settings.secret_keys, is_dev=resources.settings.is_dev)
     if warning:
         log.warning("secrets.stored_in_plain_text", extra={"detail": warning})
+    _clock_watch.start(resources.engine)
     metrics.serve(resources.settings)
     freeze_startup_objects()
 
 
 @worker_shutdown.connect
 def _close_on_shutdown(**_: Any) -> None:
+    _clock_watch.stop()
     close_resources()
 
 
