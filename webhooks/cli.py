@@ -28,6 +28,7 @@ from webhooks.endpoints import (
     enable_endpoint,
     get_endpoint,
     list_endpoints,
+    reseal_secrets,
     rotate_secret,
     set_rate_limit,
 )
@@ -39,6 +40,7 @@ from webhooks.modes import MODES
 from webhooks.outbox import publish_event
 from webhooks.replay import BulkReplay, count_bulk, replay_bulk, replay_event
 from webhooks.sandbox import advance, trigger_event
+from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,6 +95,13 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def warn_if_plaintext(settings: Settings) -> None:
+    """Say on stderr, before a command stores a secret, that it will be stored in plain text."""
+    warning = plaintext_warning(settings.secret_keys, is_dev=settings.is_dev)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def parse_time(text: str, *, option: str) -> datetime:
@@ -183,7 +192,9 @@ def endpoint_add(
         if per_second is not None:
             endpoint = set_rate_limit(conn, ctx.settings, endpoint.id, per_second)
     show_endpoint(endpoint, as_json, secret)
-    # After the endpoint exists: a warning, not an error (the API may add types before we do).
+    # Warnings once the endpoint exists (a refused one leaves a single `error:` line); an
+    # unknown type is not an error: the API may add types before we do.
+    warn_if_plaintext(ctx.settings)
     for warning in unknown_filter_warnings(filters):
         click.echo(f"warning: {warning}", err=True)
 
@@ -323,6 +334,32 @@ def endpoint_rotate(ctx: Context, endpoint_id: str, grace: str, as_json: bool) -
     with ctx.transaction() as conn:
         endpoint, secret = rotate_secret(conn, ctx.settings, endpoint_id, grace=grace_period)
     show_endpoint(endpoint, as_json, secret)
+    warn_if_plaintext(ctx.settings)
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Endpoint signing secrets at rest."""
+
+
+@secrets_group.command("reseal")
+@json_option
+@pass_context
+def secrets_reseal(ctx: Context, as_json: bool) -> None:
+    """Seal every stored secret under the first WEBHOOKS_SECRET_KEY; drop retired ones.
+
+    Run it after setting a key for the first time (secrets stored before are plain text), and
+    after putting a new key first in the list: once it has run, the old key can be removed.
+    """
+    with translate_errors(ctx.settings):
+        report = reseal_secrets(ctx.engine, ctx.settings)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(
+            f"sealed {report.resealed} secrets of {report.endpoints} endpoints under the first "
+            f"key of WEBHOOKS_SECRET_KEY; dropped {report.dropped} retired secrets"
+        )
 
 
 # -- events ------------------------------------------------------------------------------------

@@ -137,6 +137,9 @@ class _Dev:
         # refuses everywhere else. Values already in the environment win.
         self.env.setdefault("WEBHOOKS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
         self.env.setdefault("WEBHOOKS_ALLOW_HTTP", "true")
+        # Says to every child that this is development: Flower may run without a password,
+        # and secrets stored in plain text (no WEBHOOKS_SECRET_KEY) are not warned about.
+        self.env["WEBHOOKS_DEV"] = "true"
         # Children write through a pipe: unbuffered, so their lines show up as they happen.
         self.env["PYTHONUNBUFFERED"] = "1"
 
@@ -159,7 +162,6 @@ class _Dev:
             "flower",
             [sys.executable, "-m", "workers.flower"],
             extra_env={
-                "WEBHOOKS_DEV": "true",
                 "FLOWER_PORT": str(flower_port),
                 "FLOWER_ADDRESS": "127.0.0.1",
             },
@@ -295,6 +297,7 @@ class _Dev:
             "CELERY_BROKER_URL",
             "WEBHOOKS_ALLOWED_NETWORKS",
             "WEBHOOKS_ALLOW_HTTP",
+            "WEBHOOKS_DEV",
         )
         path = self.data_dir / "env"
         lines = [f"export {name}={shlex.quote(self.env[name])}" for name in names]

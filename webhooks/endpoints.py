@@ -1,36 +1,48 @@
 """Endpoints: where customers want their events, with secrets, filters and an on/off switch.
 
-Every function takes an open connection (the caller owns the transaction) and the settings.
+Every function takes an open connection (the caller owns the transaction) and the settings,
+except `reseal_secrets`, which walks every endpoint in short transactions of its own.
 Secrets leave this module to be shown only from `add_endpoint` and `rotate_secret`, the two
 operations whose job is to show them once; `signing_secrets` hands them to code that signs
 with them (the receiver check) and never shows them.
+
+A rotated-out secret is *retired* once its grace period is over: it no longer signs, and it
+is dropped from the row by the next rotation, by `reseal_secrets`, and by the dispatchers'
+periodic `drop_retired_secrets`, so an old secret is not kept at rest for longer than needed.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from webhooks import clock
 from webhooks.addresses import blocked_reason, literal_ip
 from webhooks.database import sql
-from webhooks.errors import EndpointNotFound, InvalidArgument, InvalidEndpointURL
+from webhooks.errors import (
+    ConfigurationError,
+    EndpointNotFound,
+    InvalidArgument,
+    InvalidEndpointURL,
+)
 from webhooks.event_types import validate_filters
 from webhooks.ids import new_id
 from webhooks.models import Endpoint
 from webhooks.modes import LIVE, validate_mode, validate_optional_mode
 from webhooks.outbox import notify_dispatchers, validate_project_id
-from webhooks.sealing import seal, unseal
+from webhooks.sealing import NO_KEY, reseal, seal, unseal
 from webhooks.settings import Settings
 from webhooks.signing import generate_secret
 
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+RESEAL_BATCH = 500
 MAX_URL_LENGTH = 2048
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -116,11 +128,13 @@ def active_secrets(
         now: the time of the attempt.
         keys: `Settings.secret_keys`, to unseal secrets stored encrypted.
     """
-    return [
-        unseal(str(item["secret"]), keys)
-        for item in stored
-        if item.get("expires_at") is None or datetime.fromisoformat(item["expires_at"]) > now
-    ]
+    return [unseal(str(item["secret"]), keys) for item in stored if not is_retired(item, now)]
+
+
+def is_retired(item: Mapping[str, Any], now: datetime) -> bool:
+    """True if a stored secret's grace period is over: it no longer signs, and may go."""
+    expires_at = item.get("expires_at")
+    return expires_at is not None and datetime.fromisoformat(expires_at) <= now
 
 
 def add_endpoint(
@@ -307,7 +321,7 @@ def rotate_secret(
     kept = [
         {"secret": item["secret"], "expires_at": min(item["expires_at"] or expires, expires)}
         for item in stored
-        if item["expires_at"] is None or datetime.fromisoformat(item["expires_at"]) > now
+        if not is_retired(item, now)
     ]
     secret = generate_secret()
     row = conn.execute(
@@ -325,6 +339,92 @@ def rotate_secret(
         },
     ).one()
     return _endpoint(row), secret
+
+
+@dataclass(frozen=True)
+class ResealReport:
+    """What `reseal_secrets` did: endpoints walked, secrets sealed anew, retired ones dropped."""
+
+    endpoints: int
+    resealed: int
+    dropped: int
+
+    def as_dict(self) -> dict[str, int]:
+        """The ``--json`` form."""
+        return {"endpoints": self.endpoints, "resealed": self.resealed, "dropped": self.dropped}
+
+
+RESEAL_PAGE = """
+SELECT id, secrets FROM {s}.endpoints WHERE id > :after ORDER BY id LIMIT :limit FOR UPDATE
+"""
+STORE_SECRETS = "UPDATE {s}.endpoints SET secrets = CAST(:secrets AS jsonb) WHERE id = :id"
+# The same rule as `is_retired`, for every row at once. `expires_at` is written by
+# `rotate_secret` as an ISO 8601 time with its offset, which Postgres reads as timestamptz.
+# Rows being changed right now (a rotation) are skipped, not waited for: another pass comes.
+DROP_RETIRED = """
+UPDATE {s}.endpoints e
+SET secrets = (SELECT coalesce(jsonb_agg(item ORDER BY n), CAST('[]' AS jsonb))
+               FROM jsonb_array_elements(e.secrets) WITH ORDINALITY AS s(item, n)
+               WHERE item->>'expires_at' IS NULL
+                  OR CAST(item->>'expires_at' AS timestamptz) > :now)
+WHERE e.id IN (SELECT r.id FROM {s}.endpoints r
+               WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(r.secrets) item
+                             WHERE CAST(item->>'expires_at' AS timestamptz) <= :now)
+               FOR UPDATE SKIP LOCKED)
+"""
+
+
+def reseal_secrets(
+    engine: Engine, settings: Settings, *, batch_size: int = RESEAL_BATCH
+) -> ResealReport:
+    """Seal every stored secret under the first key of `WEBHOOKS_SECRET_KEY`; drop retired ones.
+
+    Plain-text secrets are sealed, and secrets sealed under an older key listed after the
+    first are sealed again under the first, so the older key can then be removed. Endpoints
+    are walked by id in batches, each its own short transaction (rotations of other endpoints
+    go on meanwhile); a run stopped half-way is finished by running it again.
+
+    Raises:
+        ConfigurationError: no key is set, or a secret still in use was sealed with a key
+            that is not listed (naming the endpoint); the batches before it are done.
+    """
+    if not settings.secret_keys:
+        raise ConfigurationError(NO_KEY)
+    endpoints = resealed = dropped = 0
+    after = ""
+    while True:
+        with engine.begin() as conn:
+            now = clock.now()
+            rows = conn.execute(
+                sql(RESEAL_PAGE, settings.db_schema), {"after": after, "limit": batch_size}
+            ).all()
+            updates = []
+            for row in rows:
+                kept = [item for item in row.secrets if not is_retired(item, now)]
+                try:
+                    sealed = [
+                        {**item, "secret": reseal(str(item["secret"]), settings.secret_keys)}
+                        for item in kept
+                    ]
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"endpoint {row.id}: {exc}") from exc
+                updates.append({"id": row.id, "secrets": json.dumps(sealed)})
+                resealed += len(sealed)
+                dropped += len(row.secrets) - len(kept)
+            if updates:
+                conn.execute(sql(STORE_SECRETS, settings.db_schema), updates)
+        endpoints += len(rows)
+        if len(rows) < batch_size:
+            return ResealReport(endpoints=endpoints, resealed=resealed, dropped=dropped)
+        after = rows[-1].id
+
+
+def drop_retired_secrets(conn: Connection, settings: Settings, now: datetime) -> int:
+    """Remove secrets whose grace period is over from every endpoint; return how many rows.
+
+    They no longer sign anything; keeping them would only keep an old secret at rest.
+    """
+    return int(conn.execute(sql(DROP_RETIRED, settings.db_schema), {"now": now}).rowcount)
 
 
 def _endpoint(row: Any) -> Endpoint:

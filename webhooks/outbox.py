@@ -18,7 +18,7 @@ from webhooks.event_types import validate_event_type
 from webhooks.ids import new_id
 from webhooks.models import rfc3339
 from webhooks.modes import LIVE, Mode, validate_mode
-from webhooks.settings import Settings
+from webhooks.settings import Settings, notify_channel
 
 MAX_ENVELOPE_BYTES = 262_144
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -79,7 +79,7 @@ class PublishResult:
 
 def channel(settings: Settings) -> str:
     """The LISTEN/NOTIFY channel dispatchers of this schema wait on."""
-    return f"{settings.db_schema}_due"
+    return notify_channel(settings.db_schema)
 
 
 # The payload of a notification that replays were queued: dispatchers look for queued

@@ -8,7 +8,12 @@ development, and the README says to set one in production.
 
 A sealed value is stored as ``fernet:<token>``; anything else is a plain ``whsec_`` secret,
 so a deployment can turn the key on without a migration (old rows stay readable, new and
-rotated secrets are sealed).
+rotated secrets are sealed). `webhooks secrets reseal` (`reseal`) then seals the old rows, and
+after a key change re-seals every secret under the new first key, so the old key can be
+removed from the list.
+
+Plain text at rest is allowed but never silent: every process that starts outside
+`webhooks dev`, and `webhooks doctor`, prints `plaintext_warning` while no key is set.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from webhooks.errors import ConfigurationError
 
 PREFIX = "fernet:"
+GENERATE_KEY = (
+    'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+)
+NO_KEY = (
+    "WEBHOOKS_SECRET_KEY is not set, so there is no key to seal with; make one with: "
+    + GENERATE_KEY
+)
 
 
 def parse_keys(text: str) -> tuple[str, ...]:
@@ -29,8 +41,7 @@ def parse_keys(text: str) -> tuple[str, ...]:
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 "WEBHOOKS_SECRET_KEY must be comma-separated Fernet keys (32 url-safe base64 "
-                'bytes each); make one with: python -c "from cryptography.fernet import '
-                'Fernet; print(Fernet.generate_key().decode())"'
+                f"bytes each); make one with: {GENERATE_KEY}"
             ) from exc
     return keys
 
@@ -59,3 +70,40 @@ def unseal(stored: str, keys: tuple[str, ...]) -> str:
             "an endpoint secret cannot be decrypted with WEBHOOKS_SECRET_KEY; list the old key "
             "after the new one while rotating"
         ) from exc
+
+
+def reseal(stored: str, keys: tuple[str, ...]) -> str:
+    """Return ``stored`` sealed under the first key: plain secrets sealed, sealed ones re-sealed.
+
+    A value sealed under any listed key is decrypted and encrypted again with the first one
+    (`MultiFernet.rotate`), so once every stored value has been through here the other keys
+    can be removed from `WEBHOOKS_SECRET_KEY`.
+    """
+    if not keys:
+        raise ConfigurationError(NO_KEY)
+    if not stored.startswith(PREFIX):
+        return seal(stored, keys)
+    try:
+        token = stored[len(PREFIX) :].encode()
+        return PREFIX + MultiFernet([Fernet(k) for k in keys]).rotate(token).decode()
+    except InvalidToken as exc:
+        raise ConfigurationError(
+            "a secret cannot be decrypted with any key in WEBHOOKS_SECRET_KEY; list the key it "
+            "was sealed with after the new one, reseal, then remove the old key"
+        ) from exc
+
+
+def plaintext_warning(keys: tuple[str, ...], *, is_dev: bool) -> str | None:
+    """The warning every process gives while secrets would be stored in plain text, or None.
+
+    Args:
+        keys: `Settings.secret_keys`.
+        is_dev: `Settings.is_dev`: `webhooks dev` stores plain text on purpose, and quietly.
+    """
+    if keys or is_dev:
+        return None
+    return (
+        "WEBHOOKS_SECRET_KEY is not set: endpoint signing secrets are stored in plain text in "
+        f"the database; set it to a Fernet key ({GENERATE_KEY}), then run "
+        "`webhooks secrets reseal` to seal the secrets already stored"
+    )

@@ -21,7 +21,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_SCHEDULE = "1m,5m,30m,2h,6h,12h"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Postgres keeps identifiers to NAMEDATALEN - 1 bytes: a longer one is truncated (LISTEN) or
+# refused (pg_notify), so every name built from the schema's must fit.
+MAX_IDENTIFIER_BYTES = 63
+# Postgres reserves schema names starting with pg_ for itself (CREATE SCHEMA refuses them).
+_RESERVED_SCHEMA_PREFIX = "pg_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -100,13 +105,42 @@ def parse_choice(text: str, choices: tuple[str, ...], name: str) -> str:
     return value
 
 
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel the dispatchers of ``schema`` wait on."""
+    return f"{schema}_due"
+
+
+def schema_identifiers(schema: str) -> dict[str, str]:
+    """Every Postgres identifier built from the schema name, by what it is used for."""
+    return {"schema name": schema, "NOTIFY channel": notify_channel(schema)}
+
+
 def validate_schema_name(text: str) -> str:
-    """Return ``text`` if it is a safe, unquoted Postgres schema name."""
+    """Return ``text`` if it is a safe, unquoted Postgres schema name.
+
+    The names built from it (`schema_identifiers`) are checked too: a valid schema name whose
+    NOTIFY channel is over Postgres's identifier limit would make every publish fail.
+    """
     if not _SCHEMA_NAME.match(text):
         raise ConfigurationError(
             f"WEBHOOKS_DB_SCHEMA={text!r} is not a valid schema name; "
             "use lowercase letters, digits and underscores"
         )
+    if text.startswith(_RESERVED_SCHEMA_PREFIX):
+        raise ConfigurationError(
+            f"WEBHOOKS_DB_SCHEMA={text!r} starts with {_RESERVED_SCHEMA_PREFIX}, which Postgres "
+            "reserves for its own schemas; choose another name, e.g. webhooks"
+        )
+    longest = MAX_IDENTIFIER_BYTES - max(
+        len(name.encode()) - len(text) for name in schema_identifiers(text).values()
+    )
+    for use, name in schema_identifiers(text).items():
+        if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+            raise ConfigurationError(
+                f"WEBHOOKS_DB_SCHEMA is {len(text)} characters long: its {use} {name!r} would "
+                f"be {len(name.encode())} bytes, over Postgres's {MAX_IDENTIFIER_BYTES}; use a "
+                f"schema name of at most {longest} characters"
+            )
     return text
 
 
@@ -146,6 +180,8 @@ class Settings:
     breaker_cooldown: timedelta = timedelta(seconds=30)
     log_format: str = "text"
     metrics_port: int | None = None
+    # Set by `webhooks dev` for its children: development defaults, and quiet about them.
+    is_dev: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -214,4 +250,5 @@ class Settings:
             log_format=parse_choice(
                 get("WEBHOOKS_LOG_FORMAT", "text"), ("text", "json"), "WEBHOOKS_LOG_FORMAT"
             ),
+            is_dev=parse_bool(env.get("WEBHOOKS_DEV", ""), name="WEBHOOKS_DEV"),
         )

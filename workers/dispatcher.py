@@ -38,9 +38,12 @@ from webhooks.claims import (
     release_claims,
     release_held,
 )
+from webhooks.clock_offset import CLOCK_CHECK_EVERY, warn_if_clock_offset
 from webhooks.database import create_engine
+from webhooks.endpoints import drop_retired_secrets
 from webhooks.heartbeats import beat, forget, new_dispatcher_id
 from webhooks.outbox import REPLAYS_QUEUED, channel
+from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
 
 log = logging.getLogger("webhooks.dispatcher")
@@ -53,6 +56,8 @@ HEARTBEAT_EVERY = 5.0
 REAP_EVERY = 1.0
 # How often queued replays are looked for without a notification saying there are some.
 REPLAYS_EVERY = 1.0
+# How often secrets past their rotation grace are removed from endpoints (they sign nothing).
+DROP_RETIRED_SECRETS_EVERY = 60.0
 # How often held rows of enabled endpoints are looked for (SPEC: a held delivery is attempted
 # within 5 s of its endpoint's enable, even when a publish raced the enable).
 RELEASE_HELD_EVERY = 2.0
@@ -196,7 +201,7 @@ class Dispatcher:
         started = False
         while not self._stopping.is_set():
             try:
-                if self._beat() and not started:
+                if self.heartbeat() and not started:
                     # Only now is it visible to `webhooks doctor`: say so once.
                     log.info(
                         "dispatcher.started",
@@ -224,13 +229,22 @@ class Dispatcher:
             forget(conn, self.settings, self.id)
         self.engine.dispose()
 
-    def _beat(self) -> bool:
-        """Record a heartbeat if one is due; True once at least one has been recorded."""
+    def heartbeat(self) -> bool:
+        """Record a heartbeat if one is due; True once at least one has been recorded.
+
+        The slow chores ride along, each on its own period: measuring this machine's clock
+        against the database's (a warning if it is off by more than the leases tolerate)
+        and dropping endpoint secrets whose grace period is over.
+        """
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
             with self.engine.begin() as conn:
+                if self._every("clock", CLOCK_CHECK_EVERY.total_seconds()):
+                    warn_if_clock_offset(conn, log)
                 now = clock.now()
                 beat(conn, self.settings, self.id, now)
                 metrics.refresh_gauges(conn, self.settings, now)
+                if self._every("retired_secrets", DROP_RETIRED_SECRETS_EVERY):
+                    drop_retired_secrets(conn, self.settings, now)
             self._last_beat = time.monotonic()
         return True
 
@@ -279,6 +293,9 @@ def run_dispatcher(settings: Settings) -> None:
     from workers.heap import freeze_startup_objects
 
     dispatcher = Dispatcher(settings, app)
+    warning = plaintext_warning(settings.secret_keys, is_dev=settings.is_dev)
+    if warning:
+        log.warning("secrets.stored_in_plain_text", extra={"detail": warning})
     metrics.serve(settings)
     freeze_startup_objects()
 

@@ -17,6 +17,11 @@ names:
 - ``backlog``: deliveries due now, on enabled endpoints, and how long the oldest has waited.
   A backlog that ages past the threshold means dispatchers or workers cannot keep up (or are
   gone). One endpoint at its in-flight cap can also age it: read ``webhooks stats``.
+- ``clock``: this machine's clock against the database's (`webhooks.clock_offset`): leases
+  assume every machine is within 1 s of the database, so more than that fails.
+- ``secrets``: whether endpoint secrets are sealed at rest (`WEBHOOKS_SECRET_KEY`). Plain text
+  outside `webhooks dev`, or secrets stored before the key was set, pass with a warning
+  (``WARN``): deliveries work, but the operator should act.
 
 The broker and worker checks talk to Celery, which `webhooks/` otherwise never imports: the
 import is local to those two checks, so the module loads without Celery being configured.
@@ -27,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,10 @@ from sqlalchemy.pool import NullPool
 
 import schema as schema_package
 from webhooks import clock
+from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
 from webhooks.database import describe_url, sql
+from webhooks.sealing import PREFIX as SEALED_PREFIX
+from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
 
 DEFAULT_BACKLOG_AGE = timedelta(seconds=60)
@@ -56,6 +64,11 @@ JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
 WHERE d.state = 'pending' AND d.next_attempt_at <= :now
 """
 FRESHEST_BEAT = "SELECT count(*) AS n, max(seen_at) AS seen_at FROM {s}.dispatchers"
+PLAINTEXT_ENDPOINTS = f"""
+SELECT count(*) FROM {{s}}.endpoints e
+WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(e.secrets) item
+              WHERE NOT starts_with(item->>'secret', '{SEALED_PREFIX}'))
+"""
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    # Passed, but something needs the operator's attention (shown as WARN; exit code 0).
+    is_warning: bool = False
 
 
 def run_checks(
@@ -114,6 +129,11 @@ def run_checks(
                 checks.append(_guard(name, check))
             else:
                 checks.append(Check(name, False, "skipped: the schema is not ready"))
+        if database.ok:
+            checks.append(_guard("clock", lambda: _check_clock(engine)))
+        else:
+            checks.append(Check("clock", False, "skipped: the database is unreachable"))
+        checks.append(_guard("secrets", lambda: _check_secrets(engine, settings, schema_ok)))
     finally:
         engine.dispose()
     return checks
@@ -126,21 +146,40 @@ def verdict(checks: list[Check]) -> tuple[int, str]:
     with the verdict and the names of the failed checks.
     """
     width = max((len(c.name) for c in checks), default=0)
-    lines = [f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in checks]
+    lines = [f"{_mark(c)}  {c.name:<{width}}  {c.detail}" for c in checks]
     failed = [c.name for c in checks if not c.ok]
+    warned = [c.name for c in checks if c.ok and c.is_warning]
     if failed:
         lines.append(
             f"unhealthy: {len(failed)} of {len(checks)} checks failed ({', '.join(failed)})"
         )
         return 1, "\n".join(lines)
-    lines.append(f"healthy: all {len(checks)} checks passed")
+    warnings = f" (with warnings: {', '.join(warned)})" if warned else ""
+    lines.append(f"healthy: all {len(checks)} checks passed{warnings}")
     return 0, "\n".join(lines)
 
 
+def _mark(check: Check) -> str:
+    if not check.ok:
+        return "FAIL"
+    return "WARN" if check.is_warning else "ok  "
+
+
 def checks_json(checks: list[Check]) -> str:
-    """The ``--json`` form: ``{"healthy": bool, "checks": [{"name", "ok", "detail"}]}``."""
+    """The ``--json`` form: ``{"healthy": bool, "checks": [...]}``.
+
+    Each check is ``{"name", "ok", "detail", "warning"}``; ``warning`` is true for a check
+    that passed but wants the operator's attention.
+    """
     return json.dumps(
-        {"healthy": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}, indent=2
+        {
+            "healthy": all(c.ok for c in checks),
+            "checks": [
+                {"name": c.name, "ok": c.ok, "detail": c.detail, "warning": c.is_warning}
+                for c in checks
+            ],
+        },
+        indent=2,
     )
 
 
@@ -303,6 +342,46 @@ def _check_backlog(engine: Engine, settings: Settings, limit: timedelta, now: da
             "see `webhooks stats`",
         )
     return Check("backlog", True, detail)
+
+
+def _check_clock(engine: Engine) -> Check:
+    with engine.connect() as conn:
+        measured = measure_offset(conn)
+    if not measured.is_within(MAX_CLOCK_OFFSET):
+        return Check(
+            "clock",
+            False,
+            f"{measured.describe()}, over {MAX_CLOCK_OFFSET.total_seconds():g}s: leases would be "
+            "reclaimed early and deliveries sent twice; synchronise this machine's clock "
+            "(NTP, chrony)",
+        )
+    return Check("clock", True, measured.describe())
+
+
+def _check_secrets(engine: Engine, settings: Settings, schema_ok: bool) -> Check:
+    warning = plaintext_warning(settings.secret_keys, is_dev=settings.is_dev)
+    if warning:
+        return Check("secrets", True, warning, is_warning=True)
+    if not settings.secret_keys:
+        return Check("secrets", True, "stored in plain text (webhooks dev)")
+    keys = (
+        f"{len(settings.secret_keys)} keys, the first seals"
+        if len(settings.secret_keys) > 1
+        else "1 key"
+    )
+    if not schema_ok:
+        return Check("secrets", True, f"sealed with WEBHOOKS_SECRET_KEY ({keys})")
+    with engine.connect() as conn:
+        plain = conn.execute(sql(PLAINTEXT_ENDPOINTS, settings.db_schema)).scalar_one()
+    if plain:
+        return Check(
+            "secrets",
+            True,
+            f"{plain} endpoints still hold secrets stored before WEBHOOKS_SECRET_KEY was set, in "
+            "plain text; run `webhooks secrets reseal`",
+            is_warning=True,
+        )
+    return Check("secrets", True, f"every stored secret is sealed ({keys})")
 
 
 def _describe_broker(url: str) -> str:

@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from webhooks.errors import ConfigurationError
-from webhooks.settings import Settings, parse_bool
+from webhooks.sealing import plaintext_warning
+from webhooks.settings import Settings
 
 __all__ = ["SETTINGS", "FlowerConfig", "build_command", "main", "read_config"]
 
@@ -44,16 +45,17 @@ LOOPBACK_ADDRESS = "127.0.0.1"
 # Passwords copied from deploy/webhooks.env.example or the manifests unchanged.
 PLACEHOLDER_PASSWORDS = frozenset({"CHANGE_ME", "change_me", "changeme", "password"})
 # The environment variables this module reads itself (the rest go through `Settings`).
-SETTINGS = ("FLOWER_BASIC_AUTH", "FLOWER_PORT", "PORT", "FLOWER_ADDRESS", "WEBHOOKS_DEV")
+SETTINGS = ("FLOWER_BASIC_AUTH", "FLOWER_PORT", "PORT", "FLOWER_ADDRESS")
 
 
 @dataclass(frozen=True)
 class FlowerConfig:
-    """How Flower is to be started."""
+    """How Flower is to be started, and the warning to print first, if any."""
 
     port: int
     address: str
     is_authenticated: bool
+    warning: str | None = None
 
 
 def read_config(environ: Mapping[str, str]) -> FlowerConfig:
@@ -62,8 +64,8 @@ def read_config(environ: Mapping[str, str]) -> FlowerConfig:
     Args:
         environ: the environment Flower will run with.
     """
-    Settings.from_env(environ)  # the broker and every webhooks setting, as the app reads them
-    is_dev = parse_bool(environ.get("WEBHOOKS_DEV", ""), name="WEBHOOKS_DEV")
+    settings = Settings.from_env(environ)  # every webhooks setting, as the app reads them
+    is_dev = settings.is_dev
     basic_auth = environ.get("FLOWER_BASIC_AUTH", "").strip()
     if basic_auth:
         check_basic_auth(basic_auth)
@@ -75,7 +77,12 @@ def read_config(environ: Mapping[str, str]) -> FlowerConfig:
     port = parse_port(environ)
     default_address = PUBLIC_ADDRESS if basic_auth else LOOPBACK_ADDRESS
     address = environ.get("FLOWER_ADDRESS", "").strip() or default_address
-    return FlowerConfig(port=port, address=address, is_authenticated=bool(basic_auth))
+    return FlowerConfig(
+        port=port,
+        address=address,
+        is_authenticated=bool(basic_auth),
+        warning=plaintext_warning(settings.secret_keys, is_dev=is_dev),
+    )
 
 
 def check_basic_auth(value: str) -> None:
@@ -146,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         return 1
     command = build_command(config, extra_args)
+    if config.warning:
+        # Flower shows no secret, but it is one of the processes an operator watches start.
+        print(f"warning: {config.warning}", file=sys.stderr, flush=True)
     if not config.is_authenticated:
         print(
             f"flower: WEBHOOKS_DEV=true, no password: listening on {config.address} only",

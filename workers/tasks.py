@@ -17,10 +17,15 @@ from webhooks.attempts import run_attempt
 from webhooks.claims import Claim
 from webhooks.json_logs import JsonFormatter
 from webhooks.logs import KeyValueFormatter, quiet_libraries
+from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
 from workers.app import app
+from workers.clock_watch import ClockWatch
 from workers.heap import freeze_startup_objects
 from workers.resources import close_resources, get_resources
+
+log = logging.getLogger("webhooks.worker")
+_clock_watch = ClockWatch()
 
 
 @app.task(name="webhooks.deliver", acks_late=True)
@@ -61,12 +66,18 @@ def _open_resources(**_: Any) -> None:
 def _ready(**_: Any) -> None:
     # The threads pool runs tasks in this process. (A prefork pool's children would each need
     # prometheus-client's multiprocess mode; only this process serves the port.)
-    metrics.serve(get_resources().settings)
+    resources = get_resources()
+    warning = plaintext_warning(resources.settings.secret_keys, is_dev=resources.settings.is_dev)
+    if warning:
+        log.warning("secrets.stored_in_plain_text", extra={"detail": warning})
+    _clock_watch.start(resources.engine)
+    metrics.serve(resources.settings)
     freeze_startup_objects()
 
 
 @worker_shutdown.connect
 def _close_on_shutdown(**_: Any) -> None:
+    _clock_watch.stop()
     close_resources()
 
 

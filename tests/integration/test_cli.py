@@ -311,7 +311,7 @@ def test_doctor_stats_and_prune_answer_an_operator(env: dict[str, str]) -> None:
     assert set(stats["deliveries"]) == {"pending", "delivering", "succeeded", "failed", "total"}
     assert stats["deliveries"]["total"] >= 1  # earlier tests of this module delivered
     assert {"enabled", "disabled", "breakers_open"} <= set(stats["endpoints"])
-    assert "healthy: all 6 checks passed" in ok(env, "doctor")
+    assert "healthy: all 8 checks passed (with warnings: secrets)" in ok(env, "doctor")
     pruned = ok(env, "prune", "--older-than", "30d", "--dry-run", "--json")
     assert pruned["dry_run"] is True
 

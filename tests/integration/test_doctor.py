@@ -23,7 +23,7 @@ from webhooks.heartbeats import beat, list_dispatchers
 from webhooks.settings import Settings
 from workers.doctor import Check, head_revision, run_checks, verdict
 
-CHECKS = ["database", "schema", "broker", "workers", "dispatcher", "backlog"]
+CHECKS = ["database", "schema", "broker", "workers", "dispatcher", "backlog", "clock", "secrets"]
 CLOSED_PORT = 1  # nothing listens on port 1 here: connections are refused at once
 
 
@@ -45,8 +45,12 @@ def test_a_running_stack_is_healthy_and_exits_0(
     code, text = verdict(checks)
     print(f"\n{text}\n({seconds:.2f}s)")
     assert code == 0, text
-    assert text.splitlines()[-1] == "healthy: all 6 checks passed"
+    # No WEBHOOKS_SECRET_KEY here: healthy, but not silently so.
+    assert text.splitlines()[-1] == "healthy: all 8 checks passed (with warnings: secrets)"
     found = by_name(checks)
+    assert found["secrets"].is_warning and "plain text" in found["secrets"].detail
+    assert any(line.startswith("WARN  secrets") for line in text.splitlines())
+    assert found["clock"].ok and "the database's" in found["clock"].detail
     assert f"head revision {head_revision()}" in found["schema"].detail
     assert "1 on queue" in found["workers"].detail
     assert seconds < 15

@@ -9,6 +9,7 @@ import pytest
 import webhooks
 from webhooks.errors import ConfigurationError, InvalidEventType
 from webhooks.event_types import matches, validate_filters
+from webhooks.outbox import channel
 from webhooks.settings import Settings, parse_duration
 
 
@@ -56,6 +57,23 @@ def test_invalid_settings_say_which_and_why(name: str, value: str, fragment: str
     with pytest.raises(ConfigurationError, match=fragment) as info:
         Settings.from_env({name: value})
     assert name in str(info.value)
+
+
+@pytest.mark.parametrize("length", [60, 63])
+def test_a_schema_name_whose_notify_channel_is_over_63_bytes_is_refused(length: int) -> None:
+    longest = Settings.from_env({"WEBHOOKS_DB_SCHEMA": "s" * 59})
+    assert len(channel(longest).encode()) == 63
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"WEBHOOKS_DB_SCHEMA": "s" * length})
+    message = str(info.value)
+    assert "WEBHOOKS_DB_SCHEMA" in message and "NOTIFY channel" in message
+    assert "at most 59 characters" in message
+    assert "\n" not in message
+
+
+def test_a_schema_name_postgres_reserves_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="reserves"):
+        Settings.from_env({"WEBHOOKS_DB_SCHEMA": "pg_webhooks"})
 
 
 def test_durations_take_s_m_h_suffixes() -> None:
