@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from webhooks import __version__, clock
 from webhooks.database import create_engine, migrate, translate_errors
+from webhooks.display import escape_controls, escape_controls_in_json, mask_urls_in
 from webhooks.endpoints import (
     add_endpoint,
     disable_endpoint,
@@ -541,7 +542,8 @@ def dev_command(data_dir: str, flower_port: int, exit_after_demo: bool) -> None:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo("error: " + " ".join(message.split()), err=True)
+    # One line, whatever the message quotes: no URL password, no raw control character.
+    click.echo("error: " + escape_controls(mask_urls_in(" ".join(message.split()))), err=True)
     raise SystemExit(code)
 
 
