@@ -263,19 +263,37 @@ def endpoint_rotate(ctx: Context, endpoint_id: str, grace: str, as_json: bool) -
 
 
 def read_data(value: str) -> Any:
+    """The JSON value of ``--data``: inline, ``@FILE`` or ``-`` (stdin), read as UTF-8.
+
+    Whatever the input (not UTF-8, not JSON, nested past the parser's depth, a number too
+    long to convert), the answer is a value or `InvalidPayload`, never another exception.
+    """
     if value == "-":
-        text = sys.stdin.read()
+        text = _decode(sys.stdin.buffer.read(), "standard input")
     elif value.startswith("@"):
         try:
-            text = Path(value[1:]).read_text(encoding="utf-8")
+            raw = Path(value[1:]).read_bytes()
         except OSError as exc:
             raise InvalidArgument(f"cannot read --data file {value[1:]}: {exc.strerror}") from exc
+        text = _decode(raw, f"file {value[1:]}")
     else:
         text = value
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except RecursionError as exc:
+        raise InvalidPayload("--data is nested too deeply to be read; flatten it") from exc
+    except ValueError as exc:  # JSONDecodeError, and int() refusing a 5,000-digit number
         raise InvalidPayload(f"--data is not valid JSON: {exc}") from exc
+
+
+def _decode(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPayload(
+            f"--data {source} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from exc
 
 
 @cli.command("publish")
