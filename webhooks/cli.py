@@ -74,11 +74,13 @@ pass_context = click.make_pass_decorator(Context)
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    # Receivers' text (bodies, headers) is in there: no raw C1 control reaches the terminal.
+    click.echo(escape_controls_in_json(json.dumps(value, indent=2, ensure_ascii=False)))
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    # Cells may hold a receiver's text: control characters are shown as visible escapes.
+    cells = [[("-" if v is None else escape_controls(str(v))) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
@@ -140,7 +142,8 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
     click.echo(f"url         {endpoint.url}")
     click.echo(f"project     {endpoint.project_id}")
     click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
-    state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
+    reason = escape_controls(endpoint.disabled_reason or "")
+    state = "enabled" if endpoint.enabled else f"disabled ({reason})"
     click.echo(f"state       {state}")
     if endpoint.rate_limit is not None:
         click.echo(f"rate limit  {endpoint.rate_limit:g}/s")
@@ -346,7 +349,7 @@ def attempt_rows(attempts: Sequence[Attempt]) -> list[tuple[Any, ...]]:
             f"{a.duration_ms}ms",
             a.response_status,
             a.error_kind or "ok",
-            (a.error_message or a.response_body or "")[:60].replace("\n", " "),
+            (a.error_message or a.response_body or "")[:60],
         )
         for a in attempts
     ]

@@ -1,18 +1,20 @@
-"""What a receiver sends back, as stored.
+"""What a receiver sends back, as stored and as shown.
 
-Real attempts (a real receiver, the real sender and SSRF guard, recorded in a real Postgres):
-headers are stored bounded.
+Real attempts (a real receiver, the real sender and SSRF guard, recorded in a real Postgres),
+then read back as the CLI shows them to operators: headers are stored bounded, and control
+characters never reach a terminal raw.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, new_endpoint, publish_one
-from tests.http_receivers import BehaviourServer
+from tests.helpers import attempts, new_endpoint, publish_one, run_cli
+from tests.http_receivers import ESCAPES_BODY, BehaviourServer
 from webhooks import clock
 from webhooks.attempts import run_attempt
 from webhooks.claims import claim_due
@@ -70,3 +72,29 @@ def test_a_receiver_sending_75_kb_of_headers_has_8_kib_stored_and_marked(
     assert "x-filler-0" in headers and "x-filler-29" not in headers
     assert any(value.endswith("[truncated]") for value in headers.values())
     assert "bytes of response headers received" in headers[TRUNCATED_HEADERS_KEY]
+
+
+def test_control_characters_in_a_body_are_escaped_in_tables_and_json(
+    engine: Engine, settings: Settings, env: dict[str, str], server: BehaviourServer, project: str
+) -> None:
+    with HttpSender(allowed_networks=settings.allowed_networks) as sender:
+        event_id, attempt = attempt_once(engine, settings, server.url("/escapes"), project, sender)
+    assert attempt.response_body == ESCAPES_BODY  # stored as received
+
+    for command in (["attempts", event_id], ["event", "show", event_id]):
+        table = stdout(env, *command)
+        assert not any(c in table for c in "\x1b\x9b\x07\r\x7f"), repr(table)
+        assert "\\x1b[2J" in table and "\\x9b31m" in table
+
+        text = stdout(env, *command, "--json")
+        assert not any(c in text for c in "\x1b\x9b\x07\r\x7f"), repr(text)
+        assert "\\u009b" in text and "\\u007f" in text
+        found = json.loads(text)
+        shown = found if isinstance(found, list) else found["deliveries"][0]["attempts"]
+        assert [a["response_body"] for a in shown] == [ESCAPES_BODY]  # the same text, escaped
+
+
+def stdout(env: dict[str, str], *args: str) -> str:
+    result = run_cli(env, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
