@@ -1,8 +1,9 @@
-"""What a receiver sends back, as stored and as shown.
+"""What a receiver sends back, and what our guard found, as stored and as shown.
 
 Real attempts (a real receiver, the real sender and SSRF guard, recorded in a real Postgres),
-then read back as the CLI shows them to operators: headers are stored bounded, and control
-characters never reach a terminal raw.
+then read back as the CLI shows them to operators and as the customer-facing faces must:
+headers are stored bounded, control characters never reach a terminal raw, and a blocked
+attempt names its internal address to operators only.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, new_endpoint, publish_one, run_cli
+from tests.helpers import attempts, cli_ok, new_endpoint, publish_one, run_cli
 from tests.http_receivers import ESCAPES_BODY, BehaviourServer
 from webhooks import clock
 from webhooks.attempts import run_attempt
 from webhooks.claims import claim_due
 from webhooks.database import sql
 from webhooks.delivery import MAX_RESPONSE_HEADER_BYTES, TRUNCATED_HEADERS_KEY, HttpSender
-from webhooks.models import Attempt
+from webhooks.models import Attempt, customer_error_message
 from webhooks.settings import Settings
 
 
@@ -98,3 +99,28 @@ def stdout(env: dict[str, str], *args: str) -> str:
     result = run_cli(env, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def test_a_blocked_attempt_names_the_internal_address_to_operators_only(
+    engine: Engine, settings: Settings, env: dict[str, str], server: BehaviourServer, project: str
+) -> None:
+    # localhost is a name (accepted at creation) that resolves to loopback, which this
+    # sender's policy (production's: nothing opened) refuses at the attempt.
+    with HttpSender(allowed_networks=()) as sender:
+        event_id, attempt = attempt_once(
+            engine, settings, server.url("/ok", host="localhost"), project, sender
+        )
+
+    assert attempt.error_kind == "blocked"
+    assert server.seen("/ok") == []
+    # Operators: the stored message, as the CLI shows it, names the address and the setting.
+    [shown] = cli_ok(env, "attempts", event_id, "--json")
+    assert "localhost resolves to" in shown["error_message"]
+    assert "WEBHOOKS_ALLOWED_NETWORKS" in shown["error_message"]
+    # Customers: the host they registered, and no address of ours.
+    customer = customer_error_message(attempt)
+    assert customer == (
+        "localhost resolves to an address that is not publicly routable, so nothing was sent"
+    )
+    for internal in ("127.0.0.1", "::1", "loopback", "WEBHOOKS_"):
+        assert internal not in customer
