@@ -65,9 +65,9 @@ def test_hostile_retry_after_values_give_one_attempt_per_request_within_the_wind
         assert all(a.started_at - first <= WINDOW + timedelta(seconds=1) for a in stored), name
         if name != "garbage":  # 8 KiB is past what is kept of a response's headers
             # The header was stored as received, whatever it said.
-            assert _stored_retry_after(engine, settings, event_id) == {
-                HOSTILE_RETRY_AFTER[name]
-            }, name
+            assert _stored_retry_after(engine, settings, event_id) == {HOSTILE_RETRY_AFTER[name]}, (
+                name
+            )
 
 
 def _stored_retry_after(engine: Engine, settings: Settings, event_id: str) -> set[str]:
