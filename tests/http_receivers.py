@@ -2,8 +2,9 @@
 
 `BehaviourServer` runs a threaded HTTP/1.1 server in the test process; the path chooses the
 behaviour (see `_Handler.do_POST`): well-behaved answers, hangs, slow drips, resets, huge or
-compressed bodies, oversized headers, redirects. It records every request and counts every
-TCP connection, so a test can assert that the SSRF guard sent nothing at all.
+compressed bodies, oversized or merely many headers, terminal escapes, redirects. It records
+every request and counts every TCP connection, so a test can assert that the SSRF guard sent
+nothing at all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 HUGE_BODY_BYTES = 50 * 1024 * 1024
+ESCAPES_BODY = "\x1b[2J\x1b[31mred\x9b31m\x07bell\r\nnext\x7f"
 _CHUNK = b"a" * (64 * 1024)
 
 
@@ -152,6 +154,19 @@ class _Handler(BaseHTTPRequestHandler):
             content_encoding="gzip",
             content_type="text/plain",
         )
+
+    def _many_headers(self) -> None:
+        # 75 KB of headers: under the HTTP parser's limit, far over what is kept.
+        self.send_response(200)
+        for i in range(30):
+            self.send_header(f"x-filler-{i}", "f" * 2500)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def _escapes(self) -> None:
+        # Clear the screen, colour, a C1 CSI, a bell, a line break: text, as UTF-8.
+        self._answer(200, ESCAPES_BODY.encode("utf-8"), content_type="text/plain")
 
     def _big_headers(self) -> None:
         self.send_response(200)

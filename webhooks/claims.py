@@ -243,7 +243,11 @@ class Claim:
 
 @dataclass(frozen=True)
 class AttemptJob:
-    """What a worker needs to make the attempt, read under a still-valid claim."""
+    """What a worker needs to make the attempt, read under a still-valid claim.
+
+    Its ``repr`` (a traceback, a debugger, a log line) shows the ids, the URL and the size of
+    the payload, never the signing secrets in plain text nor the payload itself.
+    """
 
     claim: Claim
     project_id: str
@@ -251,6 +255,13 @@ class AttemptJob:
     payload: bytes
     url: str
     secrets: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"AttemptJob(claim={self.claim!r}, project_id={self.project_id!r}, "
+            f"payload=<{len(self.payload)} bytes>, url={self.url!r}, "
+            f"secrets=<{len(self.secrets)} masked>)"
+        )
 
 
 @dataclass(frozen=True)

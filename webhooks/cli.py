@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from webhooks import __version__, clock
 from webhooks.catalogue import CATALOGUE, example_data, unknown_filter_warnings
 from webhooks.database import create_engine, migrate, translate_errors
+from webhooks.display import escape_controls, escape_controls_in_json, mask_urls_in
 from webhooks.endpoints import (
     add_endpoint,
     disable_endpoint,
@@ -86,11 +87,13 @@ pass_context = click.make_pass_decorator(Context)
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    # Receivers' text (bodies, headers) is in there: no raw C1 control reaches the terminal.
+    click.echo(escape_controls_in_json(json.dumps(value, indent=2, ensure_ascii=False)))
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    # Cells may hold a receiver's text: control characters are shown as visible escapes.
+    cells = [[("-" if v is None else escape_controls(str(v))) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
@@ -160,7 +163,8 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
     click.echo(f"project     {endpoint.project_id}")
     click.echo(f"mode        {endpoint.mode}")
     click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
-    state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
+    reason = escape_controls(endpoint.disabled_reason or "")
+    state = "enabled" if endpoint.enabled else f"disabled ({reason})"
     click.echo(f"state       {state}")
     if endpoint.rate_limit is not None:
         click.echo(f"rate limit  {endpoint.rate_limit:g}/s")
@@ -366,19 +370,37 @@ def secrets_reseal(ctx: Context, as_json: bool) -> None:
 
 
 def read_data(value: str) -> Any:
+    """The JSON value of ``--data``: inline, ``@FILE`` or ``-`` (stdin), read as UTF-8.
+
+    Whatever the input (not UTF-8, not JSON, nested past the parser's depth, a number too
+    long to convert), the answer is a value or `InvalidPayload`, never another exception.
+    """
     if value == "-":
-        text = sys.stdin.read()
+        text = _decode(sys.stdin.buffer.read(), "standard input")
     elif value.startswith("@"):
         try:
-            text = Path(value[1:]).read_text(encoding="utf-8")
+            raw = Path(value[1:]).read_bytes()
         except OSError as exc:
             raise InvalidArgument(f"cannot read --data file {value[1:]}: {exc.strerror}") from exc
+        text = _decode(raw, f"file {value[1:]}")
     else:
         text = value
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except RecursionError as exc:
+        raise InvalidPayload("--data is nested too deeply to be read; flatten it") from exc
+    except ValueError as exc:  # JSONDecodeError, and int() refusing a 5,000-digit number
         raise InvalidPayload(f"--data is not valid JSON: {exc}") from exc
+
+
+def _decode(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPayload(
+            f"--data {source} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from exc
 
 
 @cli.command("publish")
@@ -444,7 +466,7 @@ def attempt_rows(attempts: Sequence[Attempt]) -> list[tuple[Any, ...]]:
             f"{a.duration_ms}ms",
             a.response_status,
             a.error_kind or "ok",
-            (a.error_message or a.response_body or "")[:60].replace("\n", " "),
+            (a.error_message or a.response_body or "")[:60],
         )
         for a in attempts
     ]
@@ -733,7 +755,8 @@ def dev_command(data_dir: str, flower_port: int, exit_after_demo: bool) -> None:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo("error: " + " ".join(message.split()), err=True)
+    # One line, whatever the message quotes: no URL password, no raw control character.
+    click.echo("error: " + escape_controls(mask_urls_in(" ".join(message.split()))), err=True)
     raise SystemExit(code)
 
 

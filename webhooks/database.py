@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 import schema as schema_package
+from webhooks.display import mask_url
 from webhooks.errors import DatabaseUnavailable
 from webhooks.settings import Settings
 
@@ -121,11 +122,8 @@ def migrate(settings: Settings, revision: str = "head") -> str:
 
 
 def describe_url(url: str) -> str:
-    """Return the database URL without its password, for messages."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(unparseable DATABASE_URL)"
+    """Return the database URL without its passwords (``:pw@``, ``?password=``), for messages."""
+    return mask_url(url)
 
 
 @contextmanager

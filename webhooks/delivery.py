@@ -7,8 +7,8 @@ each worker process and is shared by all its threads (one keep-alive connection 
 The two promises from the spec (connect only to checked public addresses; 10 s in total,
 however slowly a response trickles) are kept in the network layer, in
 `webhooks.guarded_transport`; `send` sets the attempt's deadline there. Here: redirects are
-not followed, bodies are read raw (we ask for no compression) up to 64 KiB, and every
-failure becomes an error kind.
+not followed, bodies are read raw (we ask for no compression) up to 64 KiB, headers are kept
+up to 8 KiB (`bounded_headers`), and every failure becomes an error kind.
 
 Requests go straight to httpcore's connection pool, the layer under `httpx.Client`: the
 client's request and response models, auth, redirect and cookie machinery cost about half
@@ -43,6 +43,8 @@ from webhooks.guarded_transport import (
 __all__ = [
     "ERROR_KINDS",
     "MAX_RESPONSE_BODY_BYTES",
+    "MAX_RESPONSE_HEADER_BYTES",
+    "TRUNCATED_HEADERS_KEY",
     "DeliveryOutcome",
     "HttpSender",
 ]
@@ -59,6 +61,14 @@ ERROR_KINDS = (
     "other",
 )
 MAX_RESPONSE_BODY_BYTES = 64 * 1024
+# What is kept of a response's headers (names and values, UTF-8), the marker included; the
+# HTTP parser alone would let a receiver store about 100 KiB per attempt.
+MAX_RESPONSE_HEADER_BYTES = 8 * 1024
+# The key that marks cut headers: parentheses are not allowed in a header name, so no
+# receiver can send it.
+TRUNCATED_HEADERS_KEY = "(truncated)"
+_TRUNCATED_VALUE_SUFFIX = " [truncated]"
+_MARKER_RESERVE = 128
 DEFAULT_TIMEOUT = timedelta(seconds=10)
 
 # Longest Location header quoted in a redirect's error message.
@@ -125,6 +135,41 @@ def _classify(exc: Exception) -> tuple[str, str]:
     if (found := find((httpx.NetworkError, httpcore.NetworkError, OSError))) is not None:
         return "connect", str(found)
     return "other", f"{type(exc).__name__}: {exc}"
+
+
+def bounded_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The response headers to keep: in the order received, at most 8 KiB in all.
+
+    The header that crosses the limit keeps the start of its value, ending in
+    ``" [truncated]"``; those after it are dropped, and the `TRUNCATED_HEADERS_KEY` entry
+    says how much was received. NUL characters are removed (Postgres text cannot hold them).
+    """
+    kept: dict[str, str] = {}
+    budget = MAX_RESPONSE_HEADER_BYTES - _MARKER_RESERVE
+    used = received = 0
+    cut = False
+    for key, raw_value in items:
+        value = raw_value.replace("\x00", "")
+        size = len(key.encode()) + len(value.encode())
+        received += size
+        if cut:
+            continue
+        if used + size <= budget:
+            kept[key] = value
+            used += size
+            continue
+        # Nothing after the header that crosses the limit is kept, even if it would fit.
+        cut = True
+        room = budget - used - len(key.encode())
+        if room > 0:
+            start = value.encode()[:room].decode("utf-8", errors="ignore")
+            kept[key] = start + _TRUNCATED_VALUE_SUFFIX
+            used += len(key.encode()) + len(start.encode())
+    if cut:
+        kept[TRUNCATED_HEADERS_KEY] = (
+            f"{received} bytes of response headers received; only the first {used} are kept"
+        )
+    return kept
 
 
 def _text(data: bytes | bytearray) -> str:
@@ -229,10 +274,7 @@ class HttpSender:
             try:
                 status = response.status
                 reason_phrase = _reason_phrase(response)
-                response_headers = {
-                    key: value.replace("\x00", "")
-                    for key, value in httpx.Headers(response.headers).items()
-                }
+                response_headers = bounded_headers(httpx.Headers(response.headers).items())
                 # Content-Length is not trusted (it may lie or be absent): the raw bytes
                 # are counted, and past the cap the connection is dropped on close.
                 assert isinstance(response.stream, Iterable)

@@ -13,6 +13,7 @@ periodic `drop_retired_secrets`, so an old secret is not kept at rest for longer
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,10 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+import idna
 from sqlalchemy.engine import Connection, Engine
 
 from webhooks import clock
-from webhooks.addresses import blocked_reason, literal_ip
+from webhooks.addresses import IPAddress, blocked_reason, literal_ip
 from webhooks.database import sql
 from webhooks.errors import (
     ConfigurationError,
@@ -95,8 +98,9 @@ def validate_url(url: str, settings: Settings) -> str:
         raise InvalidEndpointURL(f"endpoint URL {url!r} has no host")
     if port == 0:
         raise InvalidEndpointURL("endpoint URL port must be between 1 and 65535")
-    ip = literal_ip(host)
-    if ip is None and not _is_hostname(host):
+    ascii_host = _normalized_host(host)
+    ip = _address_of(ascii_host)
+    if ip is None and not _is_hostname(ascii_host):
         raise InvalidEndpointURL(
             f"endpoint URL host {host!r} is neither an IP address nor a valid DNS name"
         )
@@ -107,7 +111,67 @@ def validate_url(url: str, settings: Settings) -> str:
                 f"endpoint URL points at {ip}, which is refused: {reason}; to allow it on "
                 "purpose, add its network to WEBHOOKS_ALLOWED_NETWORKS (e.g. 127.0.0.0/8)"
             )
+    if ascii_host != host:
+        # A host that UTS-46 maps but the HTTP client refuses would fail at every attempt.
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise InvalidEndpointURL(
+                f"endpoint URL host {host!r} is written in a form deliveries cannot use; "
+                f"write it as {ascii_host}"
+            ) from exc
     return url
+
+
+def _normalized_host(host: str) -> str:
+    """The host as resolvers will see it: IDNA (UTS-46) mapped to ASCII.
+
+    UTS-46 maps full-width digits and dots (U+FF11, U+3002, ...) to ASCII, which is what
+    makes them an address: the literal-address checks are made on this form.
+    """
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidEndpointURL(
+            f"endpoint URL host {host!r} is not a valid internationalised domain name ({exc})"
+        ) from exc
+
+
+# The last label of a numeric host: decimal digits, or 0x and hex digits (as libc reads it).
+_NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)", re.ASCII)
+
+
+def _address_of(host: str) -> IPAddress | None:
+    """The address a normalised host denotes, None for a DNS name; refuse ambiguous numbers.
+
+    A host whose last label is a number is an IPv4 address, as browsers and libc read it (no
+    top-level domain is numeric). Only four decimal numbers without leading zeros mean the
+    same address to every parser: ``010.8.8.8`` is 8.8.8.8 to libc and 10.8.8.8 to others,
+    ``0x7f.1`` and ``2130706433`` are 127.0.0.1 to libc only. Those are refused with the
+    plain form to write instead.
+    """
+    if ":" in host:
+        return literal_ip(host)
+    name = host[:-1] if host.endswith(".") else host
+    if not _NUMERIC_LABEL.fullmatch(name.rsplit(".", 1)[-1]):
+        return None
+    try:
+        return ipaddress.IPv4Address(name)
+    except ValueError:
+        pass
+    meant = literal_ip(name)
+    if meant is None:
+        raise InvalidEndpointURL(
+            f"endpoint URL host {host!r} ends in a number, so it is read as an IPv4 address, "
+            "but it is not one; write four decimal numbers (93.184.216.34) or a DNS name"
+        )
+    raise InvalidEndpointURL(
+        f"endpoint URL host {host!r} is a numeric address in an ambiguous form (octal, "
+        "hexadecimal or shortened, read differently by different software); write it as "
+        f"four decimal numbers: {meant}"
+    )
 
 
 def _is_hostname(host: str) -> bool:

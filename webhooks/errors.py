@@ -10,7 +10,7 @@ the id or value involved and says what to do.
     ├── BrokerUnavailable         the Celery broker cannot be reached
     ├── InvalidEndpointURL        (ValueError) an endpoint URL is refused at creation
     ├── InvalidEventType          (ValueError) an event type or filter is malformed
-    ├── InvalidPayload            (ValueError) event data is not a JSON object
+    ├── InvalidPayload            (ValueError) event data cannot be sent as UTF-8 JSON
     │   └── PayloadTooLarge       the envelope is over 262,144 bytes
     ├── InvalidArgument           (ValueError) any other bad input (ids, times, flags)
     ├── EndpointNotFound          (LookupError)
@@ -45,7 +45,7 @@ class InvalidEventType(WebhookError, ValueError):
 
 
 class InvalidPayload(WebhookError, ValueError):
-    """Event data cannot be published (not a JSON object, not serialisable)."""
+    """Event data cannot be published (not a JSON object, not serialisable as UTF-8 JSON)."""
 
 
 class PayloadTooLarge(InvalidPayload):

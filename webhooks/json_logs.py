@@ -4,7 +4,8 @@ Each record becomes ``{"ts", "level", "logger", "event", ...extras}``: ``event``
 message (our stable event names, such as ``attempt.recorded``), and the extras are what the
 caller passed in ``extra={...}`` (ids, attempt numbers, states), found the same way as
 `webhooks.logs.KeyValueFormatter` finds them. The formatter adds nothing of its own: callers
-never pass a payload or a secret, and it never reaches for one. As in the key=value format,
+never pass a payload or a secret, and it never reaches for one; a URL quoted in a string
+(a library's error message, a traceback) has its passwords masked. As in the key=value format,
 other libraries' extras (Celery's ``data``) are left out; their message is kept.
 """
 
@@ -14,6 +15,8 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
+
+from webhooks.display import mask_urls_in
 
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -42,4 +45,11 @@ class JsonFormatter(logging.Formatter):
             fields["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             fields["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(fields, default=str, ensure_ascii=False, separators=(",", ":"))
+        # Masked value by value, before encoding: a password may contain a quote.
+        masked = {key: _masked(value) for key, value in fields.items()}
+        return json.dumps(masked, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def _masked(value: Any) -> Any:
+    """The value with the passwords of the URLs it quotes masked (strings only)."""
+    return mask_urls_in(value) if isinstance(value, str) else value

@@ -1,13 +1,16 @@
 """Logging set-up for the processes we start: a stable event name plus ids, never a payload.
 
 Records are logged as ``logger.info("attempt.recorded", extra={...ids})``; this formatter
-appends the extras as ``key=value`` so a human can read them and grep can find them.
+appends the extras as ``key=value`` so a human can read them and grep can find them. Both
+formatters mask the passwords of any URL a line quotes (`webhooks.display.mask_urls_in`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from webhooks.display import mask_urls_in
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -19,11 +22,13 @@ class KeyValueFormatter(logging.Formatter):
         """Format the record with its extra fields."""
         base = super().format(record)
         if not record.name.startswith("webhooks"):
-            return base  # other libraries' extras (Celery's `data`) are theirs to show
+            # Other libraries' extras (Celery's `data`) are theirs to show; their messages
+            # may quote a broker or database URL, whose passwords are masked.
+            return mask_urls_in(base)
         extras = " ".join(
             f"{key}={value}" for key, value in vars(record).items() if key not in _STANDARD
         )
-        return f"{base} {extras}" if extras else base
+        return mask_urls_in(f"{base} {extras}" if extras else base)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"

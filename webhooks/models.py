@@ -1,7 +1,8 @@
 """The domain's values as the library hands them out: endpoints, deliveries, attempts.
 
 They are plain frozen dataclasses built from rows; `to_json()` gives the shapes SPEC fixes for
-the CLI's ``--json`` output.
+the CLI's ``--json`` output (for operators); `customer_error_message` is an attempt's error
+as the faces customers see (the HTTP API, the portal) must show it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
+
+from webhooks.addresses import literal_ip
 
 DELIVERY_STATES = ("pending", "delivering", "succeeded", "failed")
 
@@ -85,6 +89,33 @@ class Attempt:
             "error_message": self.error_message,
             "response_body": self.response_body,
         }
+
+
+def customer_error_message(attempt: Attempt) -> str | None:
+    """The error of an attempt as a customer may read it (the HTTP API, the portal).
+
+    The stored message is written for operators, who see it in logs and the CLI. For a
+    blocked attempt it names the internal address the endpoint's host resolved to
+    (``hooks.example.com resolves to 10.0.3.7, …``) and the setting that would open our
+    network to it: neither is the customer's business, and the address maps our network. The
+    customer reads that the address is not publicly routable, and that nothing was sent.
+    Every other error is the customer's to read as stored (it is about their receiver).
+
+    Returns:
+        None when the attempt has no error.
+    """
+    if attempt.error_kind != "blocked":
+        return attempt.error_message
+    parts = urlsplit(attempt.request_url)
+    # `attempts.refuse_plain_http`: the URL's scheme is refused, no address is involved.
+    if parts.scheme.lower() == "http" and (attempt.error_message or "").startswith("plain http"):
+        return "plain http:// endpoints are not accepted, so nothing was sent; use an https:// URL"
+    host = parts.hostname
+    if not host:
+        return "the endpoint's address is not publicly routable, so nothing was sent"
+    if literal_ip(host) is not None:
+        return f"{host} is not a publicly routable address, so nothing was sent"
+    return f"{host} resolves to an address that is not publicly routable, so nothing was sent"
 
 
 @dataclass(frozen=True)

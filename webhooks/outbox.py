@@ -96,6 +96,15 @@ def notify_dispatchers(conn: Connection | Session, settings: Settings, payload: 
         )
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate, which has no UTF-8 form to store or send."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_project_id(project_id: str) -> str:
     """Return ``project_id`` if it is a plausible project id."""
     if (
@@ -103,6 +112,7 @@ def validate_project_id(project_id: str) -> str:
         or not project_id.strip()
         or len(project_id) > MAX_PROJECT_ID_LENGTH
         or any(c.isspace() for c in project_id)
+        or not is_valid_unicode(project_id)
     ):
         raise InvalidArgument(
             "project id must be a non-empty string without spaces, such as proj_8f3a2b"
@@ -135,9 +145,22 @@ def build_envelope(
     }
     try:
         text = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError as exc:
+        raise InvalidPayload(
+            "event data is nested too deeply to be serialised; flatten it (receivers' JSON "
+            "parsers have depth limits too)"
+        ) from exc
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(f"event data is not JSON-serialisable: {exc}") from exc
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (half of a UTF-16 pair, e.g. from "\ud800" in JSON) has no UTF-8
+        # form: the envelope could not be sent as the bytes the spec promises.
+        raise InvalidPayload(
+            f"event data contains a lone surrogate ({text[exc.start]!r}), which is not valid "
+            "Unicode and cannot be sent as UTF-8; remove it or pair it"
+        ) from exc
     if size > MAX_ENVELOPE_BYTES:
         raise PayloadTooLarge(
             f"the event envelope is {size} bytes, over the {MAX_ENVELOPE_BYTES}-byte limit; "
@@ -170,6 +193,7 @@ def publish_event(
         not isinstance(idempotency_key, str)
         or not idempotency_key
         or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH
+        or not is_valid_unicode(idempotency_key)
     ):
         raise InvalidArgument(
             f"idempotency key must be a non-empty string of at most "
@@ -234,7 +258,9 @@ def publish(
 
     Raises:
         PayloadTooLarge: the envelope is over 262,144 bytes (a `ValueError`).
-        InvalidPayload: ``data`` is not a JSON object.
+        InvalidPayload: ``data`` is not a JSON object, or cannot be sent as UTF-8 JSON (a
+            lone surrogate, nesting deeper than the encoder can follow).
+        InvalidArgument: the project id or idempotency key is malformed.
         InvalidEventType: ``type`` is malformed.
         InvalidArgument: ``mode``, ``project_id`` or ``idempotency_key`` is malformed.
     """

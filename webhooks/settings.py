@@ -10,9 +10,10 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 
+from webhooks.display import MASK, mask_basic_auth, mask_url
 from webhooks.errors import ConfigurationError
 from webhooks.sealing import parse_keys
 
@@ -154,7 +155,11 @@ def normalize_database_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the service. Durations are `timedelta`; see SPEC "Settings"."""
+    """Every knob of the service. Durations are `timedelta`; see SPEC "Settings".
+
+    Its ``repr`` masks what is secret (the passwords in the database and broker URLs,
+    ``FLOWER_BASIC_AUTH``, the secret keys), so settings can be logged or shown in a traceback.
+    """
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -182,6 +187,15 @@ class Settings:
     metrics_port: int | None = None
     # Set by `webhooks dev` for its children: development defaults, and quiet about them.
     is_dev: bool = False
+
+    def __repr__(self) -> str:
+        # A field declared with repr=False is a secret: shown masked, whatever it holds.
+        shown = {f.name: getattr(self, f.name) if f.repr else MASK for f in fields(self)}
+        shown["database_url"] = mask_url(self.database_url)
+        shown["broker_url"] = mask_url(self.broker_url)
+        if self.flower_basic_auth is not None:
+            shown["flower_basic_auth"] = mask_basic_auth(self.flower_basic_auth)
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ import schema as schema_package
 from webhooks import clock
 from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
 from webhooks.database import describe_url, sql
+from webhooks.display import mask_url, mask_urls_in
 from webhooks.sealing import PREFIX as SEALED_PREFIX
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
@@ -192,12 +193,14 @@ def head_revision() -> str:
 
 
 def _guard(name: str, check: Callable[[], Check]) -> Check:
-    # A check that breaks in an unforeseen way is a failed check, not a crashed doctor.
+    # A check that breaks in an unforeseen way is a failed check, not a crashed doctor. What
+    # a check prints may quote a URL from a library's error: its passwords are masked.
     try:
-        return check()
+        result = check()
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Check(name, False, f"{type(exc).__name__}: {reason}")
+        result = Check(name, False, f"{type(exc).__name__}: {reason}")
+    return replace(result, detail=mask_urls_in(result.detail))
 
 
 def _check_database(engine: Engine, settings: Settings) -> Check:
@@ -249,7 +252,7 @@ def _check_schema(engine: Engine, settings: Settings) -> Check:
 
 def _check_broker(settings: Settings, timeout: timedelta) -> Check:
     seconds = timeout.total_seconds()
-    where = _describe_broker(settings.broker_url)
+    where = mask_url(settings.broker_url)
     started = time.monotonic()
     app = _celery_app(settings, timeout)
     try:
@@ -382,14 +385,6 @@ def _check_secrets(engine: Engine, settings: Settings, schema_ok: bool) -> Check
             is_warning=True,
         )
     return Check("secrets", True, f"every stored secret is sealed ({keys})")
-
-
-def _describe_broker(url: str) -> str:
-    """The broker URL without its password."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url.split("@")[-1]
 
 
 def _ms(started: float) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 import pytest
@@ -126,3 +127,54 @@ def test_fuzzed_urls_are_either_refused_cleanly_or_safe(url: str) -> None:
     else:
         assert blocked_reason(ip, ()) is None
         assert not ipaddress.ip_address(ip).is_private
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127\u30020\u30020\u30021",  # ideographic full stops
+        "127\uff0e0\uff0e0\uff0e1",  # full-width full stops
+        "\uff11\uff12\uff17.0.0.1",  # full-width digits
+        "10\uff610\uff610\uff611",  # half-width ideographic full stops
+    ],
+)
+def test_unicode_spellings_of_a_blocked_address_are_refused(host: str) -> None:
+    with pytest.raises(InvalidEndpointURL, match=r"refused: .* is a (loopback|private)"):
+        validate_url(f"https://{host}/hooks", STRICT)
+
+
+@pytest.mark.parametrize(
+    ("host", "meant"),
+    [
+        ("010.8.8.8", "8.8.8.8"),  # octal to libc, decimal to others
+        ("0x7f.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x08.0x08.0x08.0x08", "8.8.8.8"),
+        ("134744072", "8.8.8.8"),
+        ("0", "0.0.0.0"),
+        ("\uff10\uff11\uff10.8.8.8", "8.8.8.8"),  # full-width 010.8.8.8
+    ],
+)
+def test_ambiguous_numeric_addresses_are_refused_with_the_plain_form(host: str, meant: str) -> None:
+    with pytest.raises(InvalidEndpointURL, match=f"ambiguous form .*: {re.escape(meant)}$"):
+        validate_url(f"https://{host}/hooks", STRICT)
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "1.2.3.4.5", "example.123", "example.0x1f"])
+def test_a_host_ending_in_a_number_must_be_an_address(host: str) -> None:
+    with pytest.raises(InvalidEndpointURL, match="ends in a number"):
+        validate_url(f"https://{host}/hooks", STRICT)
+
+
+def test_a_name_that_only_unicode_mapping_makes_valid_says_how_to_write_it() -> None:
+    # UTS-46 maps full-width letters; the HTTP client would refuse them at every attempt.
+    with pytest.raises(InvalidEndpointURL, match=r"write it as example\.com"):
+        validate_url("https://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com/hooks", STRICT)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://8.8.8.8/hooks", "https://8.8.8.8./hooks", "https://ex\u3002ample.com/"]
+)
+def test_plain_public_addresses_and_unicode_dots_in_names_are_accepted(url: str) -> None:
+    assert validate_url(url, STRICT) == url
