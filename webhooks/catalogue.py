@@ -149,13 +149,15 @@ CATALOGUE: tuple[EventType, ...] = (
     ),
     EventType(
         "endpoint.failing",
-        "Operational (project _webhooks): an endpoint's recent attempts all failed.",
+        "Operational (project _webhooks): an endpoint's last 5 attempts failed, or a delivery "
+        "exhausted its retries (then with the date it will be disabled).",
         {
             "endpoint_id": "ep_01jt2zk9wa7r3m5q8x1c4v6b9n",
             "project_id": "proj_8f3a2b",
             "url": "https://hooks.example.com/cloud",
             "reason": "HTTP 500",
             "failing_since": "2026-04-28T14:10:00Z",
+            "disable_at": "2026-05-03T14:10:00Z",
         },
     ),
     EventType(
@@ -176,6 +178,7 @@ CATALOGUE: tuple[EventType, ...] = (
             "project_id": "proj_8f3a2b",
             "url": "https://hooks.example.com/cloud",
             "failing_since": "2026-04-28T14:10:00Z",
+            "recovered_at": "2026-04-28T16:02:41Z",
         },
     ),
     EventType(

@@ -99,9 +99,8 @@ WHERE d.id = v.id
 # Rows whose deferral would pass their retry window's end: failed, as after a last retry.
 EXPIRE_DELIVERIES = """
 UPDATE {s}.deliveries d SET state = 'failed', next_attempt_at = NULL, updated_at = :now
-FROM {s}.events ev
-WHERE d.id = ANY (CAST(:ids AS text[])) AND ev.id = d.event_id
-RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, ev.project_id
+WHERE d.id = ANY (CAST(:ids AS text[]))
+RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.project_id, d.mode
 """
 CLAIM_REPLAYS = """
 WITH due AS MATERIALIZED (
@@ -183,10 +182,11 @@ ATTEMPT_COLUMNS = """(delivery_id, event_id, endpoint_id, number, trigger, start
     response_body, error_kind, error_message, claim_token)"""
 
 # A 2xx under the current claim, the common case, in one statement (one round trip, atomic
-# on its own): settle the delivery, close the endpoint's breaker and clear its failing mark
-# if either is set (`health.after_attempt` does the same on the general path), and store
-# the attempt numbered from the row it updated. No row back: the claim moved on (replayed,
-# superseded, reaped) and `record_attempt`'s locked path decides instead.
+# on its own): settle the delivery, close the endpoint's breaker and reset its count of
+# failures in a row if either is set (`health.after_attempt` does the same on the general
+# path), and store the attempt numbered from the row it updated. No row back: the claim
+# moved on (replayed, superseded, reaped), or the endpoint is failing and its recovery must
+# be announced, and `record_attempt`'s locked path decides instead.
 RECORD_SUCCESS = (
     """
 WITH d AS (
@@ -194,13 +194,15 @@ WITH d AS (
     SET state = 'succeeded', attempt_count = attempt_count + 1, next_attempt_at = NULL,
         claim_token = NULL, lease_expires_at = NULL, updated_at = :now, reclaims = 0
     WHERE id = :delivery_id AND claim_token = CAST(:token AS uuid) AND state = 'delivering'
+      AND NOT EXISTS (SELECT 1 FROM {s}.endpoints
+                      WHERE id = :endpoint_id AND failing_since IS NOT NULL)
     RETURNING id, attempt_count
 ), healthy AS (
     UPDATE {s}.endpoints SET consecutive_failures = 0, breaker_open_until = NULL,
-        failing_since = NULL
+        failures_in_row = 0, failing_reason = NULL
     WHERE id = :endpoint_id AND EXISTS (SELECT 1 FROM d)
       AND (consecutive_failures <> 0 OR breaker_open_until IS NOT NULL
-           OR failing_since IS NOT NULL)
+           OR failures_in_row <> 0)
 )
 INSERT INTO {s}.attempts """
     + ATTEMPT_COLUMNS
@@ -407,6 +409,7 @@ def _expire(conn: Connection, settings: Settings, ids: tuple[str, ...], now: dat
             settings,
             endpoint_id=row.endpoint_id,
             project_id=row.project_id,
+            mode=row.mode,
             delivery={
                 "delivery_id": row.id,
                 "event_id": row.event_id,
@@ -634,6 +637,7 @@ def _after_attempt(
         settings,
         endpoint_id=claim.endpoint_id,
         project_id=job.project_id,
+        mode=job.mode,
         delivery={
             "delivery_id": claim.delivery_id,
             "event_id": claim.event_id,
@@ -644,6 +648,7 @@ def _after_attempt(
         },
         status=outcome.status,
         error_kind=outcome.error_kind,
+        error_message=outcome.error_message,
         succeeded=outcome.is_success,
         exhausted=exhausted,
         now=now,

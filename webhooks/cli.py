@@ -163,11 +163,18 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
     click.echo(f"project     {endpoint.project_id}")
     click.echo(f"mode        {endpoint.mode}")
     click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
-    reason = escape_controls(endpoint.disabled_reason or "")
-    state = "enabled" if endpoint.enabled else f"disabled ({reason})"
-    click.echo(f"state       {state}")
+    click.echo(f"health      {describe_health(endpoint)}")
     if endpoint.rate_limit is not None:
         click.echo(f"rate limit  {endpoint.rate_limit:g}/s")
+
+
+def describe_health(endpoint: Endpoint) -> str:
+    """``healthy``, ``failing since T (reason)`` or ``disabled (reason)``, safe to print."""
+    if endpoint.health == "disabled":
+        return f"disabled ({escape_controls(endpoint.disabled_reason or '')})"
+    if endpoint.health == "failing":
+        return f"failing since {rfc3339(endpoint.failing_since)} ({endpoint.failing_reason})"
+    return "healthy"
 
 
 @endpoint_group.command("add")
@@ -216,13 +223,13 @@ def endpoint_list(ctx: Context, project_id: str | None, mode: str | None, as_jso
         emit_json([e.to_json() for e in endpoints])
         return
     emit_table(
-        ["id", "project", "mode", "state", "events", "url"],
+        ["id", "project", "mode", "health", "events", "url"],
         [
             (
                 e.id,
                 e.project_id,
                 e.mode,
-                "enabled" if e.enabled else "disabled",
+                e.health,
                 ",".join(e.event_types) or "(all)",
                 e.url,
             )

@@ -54,7 +54,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _COLUMNS = (
     "id, project_id, mode, url, event_types, enabled, disabled_reason, created_at, updated_at, "
-    "rate_limit"
+    "rate_limit, failing_since, failing_reason"
 )
 
 
@@ -503,4 +503,6 @@ def _endpoint(row: Any) -> Endpoint:
         created_at=row.created_at,
         updated_at=row.updated_at,
         rate_limit=row.rate_limit,
+        failing_since=row.failing_since,
+        failing_reason=row.failing_reason,
     )

@@ -39,6 +39,15 @@ class Endpoint:
     created_at: datetime
     updated_at: datetime
     rate_limit: float | None = None
+    failing_since: datetime | None = None
+    failing_reason: str | None = None
+
+    @property
+    def health(self) -> str:
+        """``healthy``, ``failing`` (see `webhooks.health`) or ``disabled``."""
+        if not self.enabled:
+            return "disabled"
+        return "failing" if self.failing_since is not None else "healthy"
 
     def to_json(self) -> dict[str, Any]:
         """The `endpoint show --json` shape."""
@@ -50,6 +59,9 @@ class Endpoint:
             "event_types": list(self.event_types),
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
+            "health": self.health,
+            "failing_since": rfc3339(self.failing_since),
+            "failing_reason": self.failing_reason,
             "rate_limit": self.rate_limit,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),

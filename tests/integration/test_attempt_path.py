@@ -106,7 +106,8 @@ def test_a_success_is_recorded_once_and_closes_the_endpoint_breaker(
         claim.endpoint_id,
         consecutive_failures=3,
         breaker_open_until=now - timedelta(seconds=1),
-        failing_since=now - timedelta(hours=1),
+        failures_in_row=3,
+        failing_reason="timeout",
     )
     outcome = DeliveryOutcome(
         status=200, error_kind=None, error_message=None, duration=timedelta(milliseconds=7)
@@ -134,12 +135,38 @@ def test_a_success_is_recorded_once_and_closes_the_endpoint_breaker(
     with engine.connect() as conn:
         endpoint = conn.execute(
             sa.text(
-                "SELECT consecutive_failures, breaker_open_until, failing_since "
-                f'FROM "{settings.db_schema}".endpoints WHERE id = :id'
+                "SELECT consecutive_failures, breaker_open_until, failures_in_row, "
+                f'failing_reason FROM "{settings.db_schema}".endpoints WHERE id = :id'
             ),
             {"id": claim.endpoint_id},
         ).one()
-    assert tuple(endpoint) == (0, None, None)
+    assert tuple(endpoint) == (0, None, 0, None)
+
+
+def test_a_success_on_a_failing_endpoint_takes_the_locked_path_to_announce_its_recovery(
+    engine: Engine, settings: Settings, receiver: Receiver, project: str
+) -> None:
+    event_id, claim = _claim_one(engine, settings, receiver.url("/ok"), project)
+    now = clock.now()
+    _set(engine, settings, "endpoints", claim.endpoint_id, failing_since=now, failures_in_row=5)
+    outcome = DeliveryOutcome(
+        status=200, error_kind=None, error_message=None, duration=timedelta(milliseconds=7)
+    )
+    with driver_connection(engine) as conn:
+        job = begin_attempt(conn, settings, claim, now)
+        assert job is not None
+        recorded = record_success(
+            conn,
+            settings,
+            job,
+            outcome=outcome,
+            started_at=now,
+            request_headers={},
+            now=now,
+        )
+
+    assert recorded is None  # nothing written: the locked path records it
+    assert deliveries(engine, settings, event_id)[0].attempt_count == 0
 
 
 class SupersedingSender:

@@ -8,12 +8,14 @@ import json
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import deliveries, new_endpoint, publish_one, wait_for_state
+from tests.helpers import cli_ok, deliveries, new_endpoint, publish_one, wait_for_state
 from tests.polling import wait_for
 from tests.processes import settle
 from tests.receiver import Receiver
+from webhooks import clock
+from webhooks.database import sql
 from webhooks.endpoints import enable_endpoint, get_endpoint
-from webhooks.health import OPERATIONS_PROJECT
+from webhooks.health import FAILING_AFTER, OPERATIONS_PROJECT, after_attempt
 from webhooks.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -123,3 +125,95 @@ def test_a_success_in_between_resets_the_failing_clock(
     wait_for_state(engine, settings, publish_one(engine, settings, project), "failed")
     settle(0.3)
     assert is_enabled(engine, settings, endpoint_id)
+
+
+def test_a_failing_endpoint_shows_why_is_announced_with_its_disable_date_and_recovers(
+    env: dict[str, str],
+    engine: Engine,
+    settings: Settings,
+    receiver: Receiver,
+    operations: str,
+    project: str,
+    path: str,
+) -> None:
+    receiver.script(path, [401, 200])
+    endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
+    wait_for_state(engine, settings, publish_one(engine, settings, project), "failed")
+
+    shown = cli_ok(env, "endpoint", "show", endpoint_id, "--json")
+    assert (shown["health"], shown["failing_reason"]) == ("failing", "HTTP 401")
+    [failing] = wait_for(
+        lambda: [
+            e
+            for e in operational_events(receiver, operations, "endpoint.failing")
+            if e["endpoint_id"] == endpoint_id
+        ],
+        what="endpoint.failing",
+    )
+    assert failing["reason"] == "HTTP 401" and failing["failing_since"] == shown["failing_since"]
+    assert failing["disable_at"] is not None and failing["disable_at"] > failing["failing_since"]
+
+    wait_for_state(engine, settings, publish_one(engine, settings, project), "succeeded")
+    [recovered] = wait_for(
+        lambda: [
+            e
+            for e in operational_events(receiver, operations, "endpoint.recovered")
+            if e["endpoint_id"] == endpoint_id
+        ],
+        what="endpoint.recovered",
+    )
+    assert recovered["failing_since"] == shown["failing_since"]
+    assert cli_ok(env, "endpoint", "show", endpoint_id, "--json")["health"] == "healthy"
+
+
+def test_five_failures_in_a_row_turn_an_endpoint_failing_once(
+    engine: Engine, settings: Settings, project: str
+) -> None:
+    endpoint_id, _ = new_endpoint(
+        engine, settings, "https://example.com/never", project, mode="test"
+    )
+
+    def fail() -> None:
+        with engine.begin() as conn:
+            after_attempt(
+                conn,
+                settings,
+                endpoint_id=endpoint_id,
+                project_id=project,
+                mode="test",
+                delivery={},
+                status=None,
+                error_kind="dns",
+                error_message="[Errno -2] Name or service not known",
+                succeeded=False,
+                exhausted=False,
+                now=clock.now(),
+            )
+
+    for _ in range(FAILING_AFTER - 1):
+        fail()
+    assert _announcements(engine, settings, endpoint_id) == []
+    with engine.connect() as conn:
+        assert get_endpoint(conn, settings, endpoint_id).health == "healthy"
+
+    fail()
+    fail()
+
+    assert _announcements(engine, settings, endpoint_id) == [("test", "DNS: no such host")]
+    with engine.connect() as conn:
+        endpoint = get_endpoint(conn, settings, endpoint_id)
+    assert (endpoint.health, endpoint.failing_reason) == ("failing", "DNS: no such host")
+
+
+def _announcements(engine: Engine, settings: Settings, endpoint_id: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sql(
+                "SELECT mode, payload FROM {s}.events WHERE project_id = :p "
+                "AND type = 'endpoint.failing' ORDER BY created_at",
+                settings.db_schema,
+            ),
+            {"p": OPERATIONS_PROJECT},
+        )
+        found = [(r.mode, json.loads(r.payload)["data"]) for r in rows]
+    return [(mode, data["reason"]) for mode, data in found if data["endpoint_id"] == endpoint_id]
