@@ -636,7 +636,8 @@ def trigger_command(
     if as_json:
         emit_json({"id": result.id, "mode": "test", "deliveries": result.deliveries})
     else:
-        click.echo(f"{result.id}  (test mode, {result.deliveries} deliveries)")
+        plural = "delivery" if result.deliveries == 1 else "deliveries"
+        click.echo(f"{result.id}  (test mode, {result.deliveries} {plural})")
 
 
 @sandbox_group.command("advance")
@@ -658,8 +659,9 @@ def sandbox_advance(ctx: Context, duration: str, project_id: str, as_json: bool)
     if as_json:
         emit_json({"moved": advanced.deliveries, "endpoints": advanced.endpoints})
     else:
+        plural = "delivery" if advanced.deliveries == 1 else "deliveries"
         click.echo(
-            f"moved {advanced.deliveries} test deliveries of {project_id} {duration} forward"
+            f"moved {advanced.deliveries} test {plural} of {project_id} up to {duration} forward"
         )
 
 
