@@ -149,8 +149,7 @@ CATALOGUE: tuple[EventType, ...] = (
     ),
     EventType(
         "endpoint.failing",
-        "Operational (project _webhooks): an endpoint's last 5 attempts failed, or a delivery "
-        "exhausted its retries (then with the date it will be disabled).",
+        "Operational (project _webhooks): an endpoint's last 5 attempts failed, or one exhausted.",
         {
             "endpoint_id": "ep_01jt2zk9wa7r3m5q8x1c4v6b9n",
             "project_id": "proj_8f3a2b",
