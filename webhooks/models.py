@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-DELIVERY_STATES = ("pending", "delivering", "succeeded", "failed")
+DELIVERY_STATES = ("pending", "delivering", "succeeded", "failed", "cancelled")
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -23,7 +23,11 @@ def rfc3339(moment: datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A customer's receiving URL and what it subscribes to. Secrets are never held here."""
+    """A customer's receiving URL and what it subscribes to. Secrets are never held here.
+
+    ``deleted_at`` is set once the endpoint was deleted (soft: the row stays so that its
+    attempts keep naming an endpoint that can be shown).
+    """
 
     id: str
     project_id: str
@@ -35,6 +39,13 @@ class Endpoint:
     created_at: datetime
     updated_at: datetime
     rate_limit: float | None = None
+    description: str | None = None
+    deleted_at: datetime | None = None
+
+    @property
+    def is_deleted(self) -> bool:
+        """True once the endpoint was deleted: nothing more is sent to it."""
+        return self.deleted_at is not None
 
     def to_json(self) -> dict[str, Any]:
         """The `endpoint show --json` shape."""
@@ -47,8 +58,10 @@ class Endpoint:
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
             "rate_limit": self.rate_limit,
+            "description": self.description,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
+            "deleted_at": rfc3339(self.deleted_at),
         }
 
 
@@ -111,3 +124,4 @@ class Delivery:
             "next_attempt_at": rfc3339(self.next_attempt_at),
             "attempts": [a.to_json() for a in self.attempts],
         }
+
