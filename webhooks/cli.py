@@ -24,6 +24,7 @@ from webhooks.catalogue import CATALOGUE, example_data, unknown_filter_warnings
 from webhooks.database import create_engine, migrate, translate_errors
 from webhooks.endpoints import (
     add_endpoint,
+    delete_endpoint,
     disable_endpoint,
     enable_endpoint,
     get_endpoint,
@@ -31,10 +32,15 @@ from webhooks.endpoints import (
     reseal_secrets,
     rotate_secret,
     set_rate_limit,
+    update_endpoint,
 )
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
 from webhooks.event_types import validate_filters
-from webhooks.history import get_deliveries, get_envelope, list_attempts
+from webhooks.history import (
+    get_deliveries,
+    get_envelope,
+    list_attempts,
+)
 from webhooks.models import Attempt, Endpoint, rfc3339
 from webhooks.modes import MODES
 from webhooks.outbox import publish_event
@@ -160,7 +166,14 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
     click.echo(f"project     {endpoint.project_id}")
     click.echo(f"mode        {endpoint.mode}")
     click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
-    state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
+    if endpoint.description:
+        click.echo(f"description {endpoint.description}")
+    if endpoint.deleted_at is not None:
+        state = f"deleted at {rfc3339(endpoint.deleted_at)} (nothing more is sent to it)"
+    elif endpoint.enabled:
+        state = "enabled"
+    else:
+        state = f"disabled ({endpoint.disabled_reason})"
     click.echo(f"state       {state}")
     if endpoint.rate_limit is not None:
         click.echo(f"rate limit  {endpoint.rate_limit:g}/s")
@@ -192,9 +205,14 @@ def endpoint_add(
         if per_second is not None:
             endpoint = set_rate_limit(conn, ctx.settings, endpoint.id, per_second)
     show_endpoint(endpoint, as_json, secret)
-    # Warnings once the endpoint exists (a refused one leaves a single `error:` line); an
-    # unknown type is not an error: the API may add types before we do.
+    # Warnings once the endpoint exists (a refused one leaves a single `error:` line).
     warn_if_plaintext(ctx.settings)
+    warn_unknown_types(filters)
+
+
+def warn_unknown_types(filters: Sequence[str]) -> None:
+    """Warn about filters the catalogue does not know: not an error, since the API may add
+    types before we do."""
     for warning in unknown_filter_warnings(filters):
         click.echo(f"warning: {warning}", err=True)
 
@@ -232,9 +250,55 @@ def endpoint_list(ctx: Context, project_id: str | None, mode: str | None, as_jso
 @json_option
 @pass_context
 def endpoint_show(ctx: Context, endpoint_id: str, as_json: bool) -> None:
-    """Show one endpoint (never its secret)."""
+    """Show one endpoint (never its secret), deleted ones too."""
     with ctx.transaction() as conn:
-        show_endpoint(get_endpoint(conn, ctx.settings, endpoint_id), as_json)
+        show_endpoint(get_endpoint(conn, ctx.settings, endpoint_id, include_deleted=True), as_json)
+
+
+@endpoint_group.command("update")
+@click.argument("endpoint_id")
+@click.option("--url", default=None, help="New URL; pending deliveries go there.")
+@click.option("--events", default=None, help="New comma-separated filter ('' for all types).")
+@click.option("--description", default=None, help="Free text for operators ('' to remove).")
+@json_option
+@pass_context
+def endpoint_update(
+    ctx: Context,
+    endpoint_id: str,
+    url: str | None,
+    events: str | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Change an endpoint's URL, event filter or description (never its mode or project)."""
+    if url is None and events is None and description is None:
+        raise click.UsageError("give at least one of --url, --events, --description")
+    filters = None if events is None else validate_filters(events.split(","))
+    with ctx.transaction() as conn:
+        endpoint = update_endpoint(
+            conn,
+            ctx.settings,
+            endpoint_id,
+            url=url,
+            event_types=filters,
+            description=description,
+        )
+    show_endpoint(endpoint, as_json)
+    if filters is not None:
+        warn_unknown_types(filters)
+
+
+@endpoint_group.command("delete")
+@click.argument("endpoint_id")
+@json_option
+@pass_context
+def endpoint_delete(ctx: Context, endpoint_id: str, as_json: bool) -> None:
+    """Delete an endpoint: its unfinished deliveries are cancelled, nothing more is sent.
+
+    The id is never reused, and its attempts stay readable (`webhooks attempts EVT`).
+    """
+    with ctx.transaction() as conn:
+        show_endpoint(delete_endpoint(conn, ctx.settings, endpoint_id), as_json)
 
 
 @endpoint_group.command("disable")
