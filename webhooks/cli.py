@@ -37,11 +37,13 @@ from webhooks.endpoints import (
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
 from webhooks.event_types import validate_filters
 from webhooks.history import (
+    MAX_LISTED,
     get_deliveries,
     get_envelope,
     list_attempts,
+    list_deliveries,
 )
-from webhooks.models import Attempt, Endpoint, rfc3339
+from webhooks.models import DELIVERY_STATES, Attempt, Endpoint, rfc3339
 from webhooks.modes import MODES
 from webhooks.outbox import publish_event
 from webhooks.replay import BulkReplay, count_bulk, replay_bulk, replay_event
@@ -561,6 +563,86 @@ def attempts_command(ctx: Context, event_id: str, endpoint_id: str | None, as_js
         emit_table(ATTEMPT_HEADERS, attempt_rows(attempts))
     else:
         click.echo(f"no attempts yet for {event_id}")
+
+
+@cli.command("deliveries")
+@click.option("--project", "project_id", required=True, help="Project id (proj_…).")
+@click.option("--endpoint", "endpoint_id", default=None, help="Only this endpoint's.")
+@click.option("--state", type=click.Choice(DELIVERY_STATES), default=None, help="Only these.")
+@mode_option(None, "Only live or only test deliveries (default: both).")
+@click.option("--since", default=None, help="Created since (RFC 3339, or an age such as 2h).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LISTED),
+    default=50,
+    show_default=True,
+    help="How many at most.",
+)
+@json_option
+@pass_context
+def deliveries_command(
+    ctx: Context,
+    project_id: str,
+    endpoint_id: str | None,
+    state: str | None,
+    mode: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List a project's deliveries, newest first, with how each last went."""
+    created_since = parse_time(since, option="--since") if since else None
+    with ctx.transaction() as conn:
+        found = list_deliveries(
+            conn,
+            ctx.settings,
+            project_id=project_id,
+            endpoint_id=endpoint_id,
+            state=state,
+            mode=mode,
+            since=created_since,
+            limit=limit,
+        )
+    if as_json:
+        emit_json([d.to_json() for d in found])
+        return
+    if not found:
+        click.echo(f"no deliveries of {project_id} match")
+        return
+    emit_table(
+        [
+            "delivery",
+            "created",
+            "event",
+            "type",
+            "endpoint",
+            "mode",
+            "state",
+            "#",
+            "last",
+            "next attempt",
+        ],
+        [
+            (
+                d.id,
+                rfc3339(d.created_at),
+                d.event_id,
+                d.event_type,
+                d.endpoint_id,
+                d.mode,
+                d.state,
+                d.attempt_count,
+                printable(
+                    str(d.last_status or "")
+                    + (" " if d.last_status and d.last_error_kind else "")
+                    + (d.last_error_kind or "")
+                )
+                or None,
+                rfc3339(d.next_attempt_at),
+            )
+            for d in found
+        ],
+    )
 
 
 # -- replay ------------------------------------------------------------------------------------

@@ -125,3 +125,41 @@ class Delivery:
             "attempts": [a.to_json() for a in self.attempts],
         }
 
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    """One delivery as `webhooks deliveries` lists it: where it stands and how it last went."""
+
+    id: str
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    project_id: str
+    mode: str
+    state: str
+    attempt_count: int
+    last_status: int | None
+    last_error_kind: str | None
+    last_error_message: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The `deliveries --json` element shape."""
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "endpoint_id": self.endpoint_id,
+            "project_id": self.project_id,
+            "mode": self.mode,
+            "state": self.state,
+            "attempt_count": self.attempt_count,
+            "last_status": self.last_status,
+            "last_error_kind": self.last_error_kind,
+            "last_error_message": self.last_error_message,
+            "next_attempt_at": rfc3339(self.next_attempt_at),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
