@@ -1,11 +1,12 @@
 """A real HTTP receiver on 127.0.0.1 for the tests, scripted per path.
 
 ``receiver.script("/a", [500, 500, 200])`` answers the first requests to ``/a`` with those
-statuses (the last one repeats); ``HANG`` in a script means "never answer" for that
-request; ``receiver.reply_headers("/a", {"retry-after": "120"})`` adds headers to its
-answers. Special paths: ``/hang`` never answers, ``/trickle`` sends a
-200 header then one byte every half second, ``/redirect`` answers 302 to ``/redirected``.
-Every request is recorded with its headers, body and arrival time.
+statuses (the last one repeats); ``HANG`` in a script means "never answer" for that request;
+``receiver.reply_headers("/a", {"retry-after": "120"})`` adds headers to its answers;
+``receiver.delay("/a", 2.0)`` answers ``/a`` only after that many seconds. Special paths:
+``/hang`` never answers, ``/trickle`` sends a 200 header then one byte every half second,
+``/redirect`` answers 302 to ``/redirected``. Every request is recorded with its headers,
+body and arrival time.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Receiver:
         self.requests: list[ReceivedRequest] = []
         self._scripts: dict[str, list[int]] = {}
         self._reply_headers: dict[str, dict[str, str]] = {}
+        self._delays: dict[str, float] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -54,6 +56,10 @@ class Receiver:
     def reply_headers(self, path: str, headers: dict[str, str]) -> None:
         with self._lock:
             self._reply_headers[path] = dict(headers)
+
+    def delay(self, path: str, seconds: float) -> None:
+        with self._lock:
+            self._delays[path] = seconds
 
     def received(self, path: str | None = None) -> list[ReceivedRequest]:
         with self._lock:
@@ -100,6 +106,10 @@ class Receiver:
                 if base in special:
                     special[base]()
                 else:
+                    with receiver._lock:
+                        delay = receiver._delays.get(self.path, 0.0)
+                    if delay and receiver._closing.wait(delay):
+                        return
                     status = receiver._next_status(self.path)
                     if status == HANG:
                         self._hang()

@@ -55,7 +55,9 @@ WHERE state = 'delivering' AND lease_expires_at < :now
 # Due rows, oldest first, locked for this transaction (SKIP LOCKED: another dispatcher gets
 # the next ones). OF d locks only the delivery rows, not the endpoint rows joined to skip
 # disabled endpoints and to read their breaker state, in-flight count and whether they are
-# rate-limited, all in this one round trip. `admission.admit` then decides.
+# rate-limited, all in this one round trip. `admission.admit` then decides. A row of a deleted
+# endpoint is due only if a publish that read the endpoint before the delete committed after
+# it (`endpoints.delete_endpoint` cancels every row it can see): it is cancelled, not claimed.
 DUE_CANDIDATES = """
 WITH busy AS MATERIALIZED (
     SELECT endpoint_id, count(*) AS n FROM {s}.deliveries
@@ -63,7 +65,7 @@ WITH busy AS MATERIALIZED (
 )
 SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
        coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited,
-       d.first_attempt_at + :window AS window_end
+       d.first_attempt_at + :window AS window_end, e.deleted_at IS NOT NULL AS deleted
 FROM {s}.deliveries d
 JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
 LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
@@ -95,6 +97,13 @@ DEFER_DELIVERIES = """
 UPDATE {s}.deliveries d SET next_attempt_at = v.at, updated_at = :now
 FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS v (id, at)
 WHERE d.id = v.id
+"""
+# The same end as `endpoints.CANCEL_ENDPOINT_DELIVERIES`, for rows found due.
+CANCEL_DELIVERIES = """
+UPDATE {s}.deliveries
+SET state = 'cancelled', next_attempt_at = NULL, claim_token = NULL, lease_expires_at = NULL,
+    updated_at = :now
+WHERE id = ANY (CAST(:ids AS text[])) AND state = 'pending'
 """
 # Rows whose deferral would pass their retry window's end: failed, as after a last retry.
 EXPIRE_DELIVERIES = """
@@ -136,28 +145,39 @@ SELECT min(next_attempt_at) FROM {s}.deliveries WHERE state = 'pending'
 # The worker's first step: prove the claim is still ours and read what to send. A plain read
 # (no row version, no WAL, no commit to wait for) while the lease still covers the attempt
 # and its recording; only a message that waited long in the queue renews the lease first.
-# No row back means a newer claim exists (or the work is done): do nothing.
+# No row back means a newer claim exists (or the work is done, or the delivery was cancelled
+# with its endpoint, which clears the token): do nothing. The URL is read here, at the start
+# of each attempt, so `endpoint update --url` reaches every delivery not yet on the wire.
 READ_SCHEDULED = """
 SELECT ev.payload, e.url, e.secrets, ev.project_id, d.mode, d.lease_expires_at
 FROM {s}.deliveries d
 JOIN {s}.events ev ON ev.id = d.event_id
-JOIN {s}.endpoints e ON e.id = d.endpoint_id
+JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.deleted_at IS NULL
 WHERE d.id = :delivery_id AND d.claim_token = CAST(:token AS uuid) AND d.state = 'delivering'
 """
 BEGIN_SCHEDULED = """
 UPDATE {s}.deliveries d SET lease_expires_at = :lease_until
 FROM {s}.events ev, {s}.endpoints e
 WHERE d.id = :delivery_id AND d.claim_token = CAST(:token AS uuid) AND d.state = 'delivering'
-  AND ev.id = d.event_id AND e.id = d.endpoint_id
+  AND ev.id = d.event_id AND e.id = d.endpoint_id AND e.deleted_at IS NULL
 RETURNING ev.payload, e.url, e.secrets, ev.project_id, d.mode
 """
+# A replay of a cancelled delivery (its endpoint was deleted after the replay was claimed)
+# is closed here instead of sent: left `delivering`, its lease would run out and it would be
+# claimed again, forever. `sendable` false: closed, nothing to send.
 BEGIN_REPLAY = """
-UPDATE {s}.replays r SET lease_expires_at = :lease_until
-FROM {s}.deliveries d, {s}.events ev, {s}.endpoints e
-WHERE r.claim_token = CAST(:token AS uuid) AND r.state = 'delivering'
-  AND d.id = r.delivery_id AND d.id = :delivery_id
-  AND ev.id = d.event_id AND e.id = d.endpoint_id
-RETURNING ev.payload, e.url, e.secrets, ev.project_id, d.mode
+UPDATE {s}.replays r
+SET lease_expires_at = CASE WHEN t.sendable THEN CAST(:lease_until AS timestamptz) END,
+    state = CASE WHEN t.sendable THEN r.state ELSE 'done' END,
+    claim_token = CASE WHEN t.sendable THEN r.claim_token END
+FROM (SELECT d.id, ev.payload, e.url, e.secrets, ev.project_id, d.mode,
+             d.state <> 'cancelled' AND e.deleted_at IS NULL AS sendable
+      FROM {s}.deliveries d
+      JOIN {s}.events ev ON ev.id = d.event_id
+      JOIN {s}.endpoints e ON e.id = d.endpoint_id
+      WHERE d.id = :delivery_id) t
+WHERE r.claim_token = CAST(:token AS uuid) AND r.state = 'delivering' AND t.id = r.delivery_id
+RETURNING t.payload, t.url, t.secrets, t.project_id, t.mode, t.sendable
 """
 
 # `recorded`: the number of the attempt already stored under this claim, if a first write
@@ -351,6 +371,10 @@ def claim_due(
 def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, Any]) -> ClaimBatch:
     schema = settings.db_schema
     rows = conn.execute(sql(DUE_CANDIDATES, schema), params).all()
+    cancelled = [row.id for row in rows if row.deleted]
+    if cancelled:
+        conn.execute(sql(CANCEL_DELIVERIES, schema), {"ids": cancelled, "now": params["now"]})
+        rows = [row for row in rows if not row.deleted]
     if not rows:
         return ClaimBatch([])
     candidates = [
@@ -457,7 +481,9 @@ def begin_attempt(
             return _job(claim, row, now, settings)
     statement = BEGIN_REPLAY if claim.trigger == "replay" else BEGIN_SCHEDULED
     row = _fetch_one(conn, statement, settings, {**params, "lease_until": now + settings.lease})
-    return None if row is None else _job(claim, row, now, settings)
+    if row is None or not getattr(row, "sendable", True):
+        return None
+    return _job(claim, row, now, settings)
 
 
 def _fetch_one(
@@ -532,7 +558,8 @@ def record_attempt(
     request went out. Only the owner of the current claim moves a scheduled delivery; a
     replay moves it only when it succeeds, and never opens a new retry window. An attempt
     already stored under this claim (a retry after a lost commit acknowledgement) is
-    returned as it is, and nothing is written twice.
+    returned as it is, and nothing is written twice. A ``cancelled`` delivery (its endpoint
+    was deleted while the request was on the wire) stays ``cancelled``, even after a 2xx.
 
     Args:
         interpret: read the response beyond its outcome (``Retry-After``, endpoint health,
@@ -559,7 +586,8 @@ def record_attempt(
         "now": now,
     }
     keep_schedule = True
-    if outcome.is_success:
+    is_cancelled = current.state == "cancelled"
+    if outcome.is_success and not is_cancelled:
         # A 2xx settles the delivery whoever sent it: a replay, the current claim, or a
         # superseded one whose lease ran out (clearing the token stops the newer claim
         # before it sends, if it has not started yet).
@@ -588,8 +616,9 @@ def record_attempt(
             claim_token=None,
         )
     if keep_schedule:
-        # Not ours to move (a replay that failed, or a superseded claim): count the attempt
-        # and leave state, schedule and any live claim exactly as they are.
+        # Not ours to move (a replay that failed, a superseded claim, or a request that was
+        # on the wire when its endpoint was deleted): count the attempt and leave state,
+        # schedule and any live claim exactly as they are; `cancelled` stays `cancelled`.
         conn.execute(
             sql(
                 "UPDATE {s}.deliveries SET attempt_count = :attempt_count, updated_at = :now "
@@ -603,7 +632,8 @@ def record_attempt(
     if claim.trigger == "replay":
         conn.execute(sql(FINISH_REPLAY, settings.db_schema), params)
     exhausted = update["state"] == "failed" and current.state != "failed"
-    if interpret:
+    # A deleted endpoint has no health left to track and no one to warn.
+    if interpret and not is_cancelled:
         _after_attempt(conn, settings, job, outcome, number=number, exhausted=exhausted, now=now)
     conn.execute(
         sql(INSERT_ATTEMPT, settings.db_schema),

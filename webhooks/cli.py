@@ -25,6 +25,7 @@ from webhooks.database import create_engine, migrate, translate_errors
 from webhooks.display import escape_controls, escape_controls_in_json, mask_urls_in
 from webhooks.endpoints import (
     add_endpoint,
+    delete_endpoint,
     disable_endpoint,
     enable_endpoint,
     get_endpoint,
@@ -32,11 +33,18 @@ from webhooks.endpoints import (
     reseal_secrets,
     rotate_secret,
     set_rate_limit,
+    update_endpoint,
 )
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
 from webhooks.event_types import validate_filters
-from webhooks.history import get_deliveries, get_envelope, list_attempts
-from webhooks.models import Attempt, Endpoint, rfc3339
+from webhooks.history import (
+    MAX_LISTED,
+    get_deliveries,
+    get_envelope,
+    list_attempts,
+    list_deliveries,
+)
+from webhooks.models import DELIVERY_STATES, Attempt, Endpoint, rfc3339
 from webhooks.modes import MODES
 from webhooks.outbox import publish_event
 from webhooks.replay import BulkReplay, count_bulk, replay_bulk, replay_event
@@ -163,13 +171,18 @@ def show_endpoint(endpoint: Endpoint, as_json: bool, secret: str | None = None) 
     click.echo(f"project     {endpoint.project_id}")
     click.echo(f"mode        {endpoint.mode}")
     click.echo(f"events      {', '.join(endpoint.event_types) or '(all)'}")
+    if endpoint.description:
+        click.echo(f"description {escape_controls(endpoint.description)}")
     click.echo(f"health      {describe_health(endpoint)}")
     if endpoint.rate_limit is not None:
         click.echo(f"rate limit  {endpoint.rate_limit:g}/s")
 
 
 def describe_health(endpoint: Endpoint) -> str:
-    """``healthy``, ``failing since T (reason)`` or ``disabled (reason)``, safe to print."""
+    """``healthy``, ``failing since T (reason)``, ``disabled (reason)`` or ``deleted at T``,
+    safe to print."""
+    if endpoint.health == "deleted":
+        return f"deleted at {rfc3339(endpoint.deleted_at)} (nothing more is sent to it)"
     if endpoint.health == "disabled":
         return f"disabled ({escape_controls(endpoint.disabled_reason or '')})"
     if endpoint.health == "failing":
@@ -203,9 +216,14 @@ def endpoint_add(
         if per_second is not None:
             endpoint = set_rate_limit(conn, ctx.settings, endpoint.id, per_second)
     show_endpoint(endpoint, as_json, secret)
-    # Warnings once the endpoint exists (a refused one leaves a single `error:` line); an
-    # unknown type is not an error: the API may add types before we do.
+    # Warnings once the endpoint exists (a refused one leaves a single `error:` line).
     warn_if_plaintext(ctx.settings)
+    warn_unknown_types(filters)
+
+
+def warn_unknown_types(filters: Sequence[str]) -> None:
+    """Warn about filters the catalogue does not know: not an error, since the API may add
+    types before we do."""
     for warning in unknown_filter_warnings(filters):
         click.echo(f"warning: {warning}", err=True)
 
@@ -243,9 +261,55 @@ def endpoint_list(ctx: Context, project_id: str | None, mode: str | None, as_jso
 @json_option
 @pass_context
 def endpoint_show(ctx: Context, endpoint_id: str, as_json: bool) -> None:
-    """Show one endpoint (never its secret)."""
+    """Show one endpoint (never its secret), deleted ones too."""
     with ctx.transaction() as conn:
-        show_endpoint(get_endpoint(conn, ctx.settings, endpoint_id), as_json)
+        show_endpoint(get_endpoint(conn, ctx.settings, endpoint_id, include_deleted=True), as_json)
+
+
+@endpoint_group.command("update")
+@click.argument("endpoint_id")
+@click.option("--url", default=None, help="New URL; pending deliveries go there.")
+@click.option("--events", default=None, help="New comma-separated filter ('' for all types).")
+@click.option("--description", default=None, help="Free text for operators ('' to remove).")
+@json_option
+@pass_context
+def endpoint_update(
+    ctx: Context,
+    endpoint_id: str,
+    url: str | None,
+    events: str | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Change an endpoint's URL, event filter or description (never its mode or project)."""
+    if url is None and events is None and description is None:
+        raise click.UsageError("give at least one of --url, --events, --description")
+    filters = None if events is None else validate_filters(events.split(","))
+    with ctx.transaction() as conn:
+        endpoint = update_endpoint(
+            conn,
+            ctx.settings,
+            endpoint_id,
+            url=url,
+            event_types=filters,
+            description=description,
+        )
+    show_endpoint(endpoint, as_json)
+    if filters is not None:
+        warn_unknown_types(filters)
+
+
+@endpoint_group.command("delete")
+@click.argument("endpoint_id")
+@json_option
+@pass_context
+def endpoint_delete(ctx: Context, endpoint_id: str, as_json: bool) -> None:
+    """Delete an endpoint: its unfinished deliveries are cancelled, nothing more is sent.
+
+    The id is never reused, and its attempts stay readable (`webhooks attempts EVT`).
+    """
+    with ctx.transaction() as conn:
+        show_endpoint(delete_endpoint(conn, ctx.settings, endpoint_id), as_json)
 
 
 @endpoint_group.command("disable")
@@ -526,6 +590,86 @@ def attempts_command(ctx: Context, event_id: str, endpoint_id: str | None, as_js
         emit_table(ATTEMPT_HEADERS, attempt_rows(attempts))
     else:
         click.echo(f"no attempts yet for {event_id}")
+
+
+@cli.command("deliveries")
+@click.option("--project", "project_id", required=True, help="Project id (proj_…).")
+@click.option("--endpoint", "endpoint_id", default=None, help="Only this endpoint's.")
+@click.option("--state", type=click.Choice(DELIVERY_STATES), default=None, help="Only these.")
+@mode_option(None, "Only live or only test deliveries (default: both).")
+@click.option("--since", default=None, help="Created since (RFC 3339, or an age such as 2h).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LISTED),
+    default=50,
+    show_default=True,
+    help="How many at most.",
+)
+@json_option
+@pass_context
+def deliveries_command(
+    ctx: Context,
+    project_id: str,
+    endpoint_id: str | None,
+    state: str | None,
+    mode: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List a project's deliveries, newest first, with how each last went."""
+    created_since = parse_time(since, option="--since") if since else None
+    with ctx.transaction() as conn:
+        found = list_deliveries(
+            conn,
+            ctx.settings,
+            project_id=project_id,
+            endpoint_id=endpoint_id,
+            state=state,
+            mode=mode,
+            since=created_since,
+            limit=limit,
+        )
+    if as_json:
+        emit_json([d.to_json() for d in found])
+        return
+    if not found:
+        click.echo(f"no deliveries of {project_id} match")
+        return
+    emit_table(
+        [
+            "delivery",
+            "created",
+            "event",
+            "type",
+            "endpoint",
+            "mode",
+            "state",
+            "#",
+            "last",
+            "next attempt",
+        ],
+        [
+            (
+                d.id,
+                rfc3339(d.created_at),
+                d.event_id,
+                d.event_type,
+                d.endpoint_id,
+                d.mode,
+                d.state,
+                d.attempt_count,
+                printable(
+                    str(d.last_status or "")
+                    + (" " if d.last_status and d.last_error_kind else "")
+                    + (d.last_error_kind or "")
+                )
+                or None,
+                rfc3339(d.next_attempt_at),
+            )
+            for d in found
+        ],
+    )
 
 
 # -- replay ------------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ Secrets leave this module to be shown only from `add_endpoint` and `rotate_secre
 operations whose job is to show them once; `signing_secrets` hands them to code that signs
 with them (the receiver check) and never shows them.
 
+Deleting an endpoint is soft (`delete_endpoint`): the row stays, with ``deleted_at``, so its
+id is never reused and its attempts keep naming an endpoint that can be shown; it leaves the
+listings, its unfinished deliveries become ``cancelled``, and every operation that would
+change it or send to it raises `EndpointDeleted`.
+
 A rotated-out secret is *retired* once its grace period is over: it no longer signs, and it
 is dropped from the row by the next rotation, by `reseal_secrets`, and by the dispatchers'
 periodic `drop_retired_secrets`, so an old secret is not kept at rest for longer than needed.
@@ -19,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,6 +36,7 @@ from webhooks.addresses import IPAddress, blocked_reason, literal_ip
 from webhooks.database import sql
 from webhooks.errors import (
     ConfigurationError,
+    EndpointDeleted,
     EndpointNotFound,
     InvalidArgument,
     InvalidEndpointURL,
@@ -47,6 +53,7 @@ from webhooks.signing import generate_secret
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 RESEAL_BATCH = 500
 MAX_URL_LENGTH = 2048
+MAX_DESCRIPTION_LENGTH = 1000
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
@@ -54,7 +61,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _COLUMNS = (
     "id, project_id, mode, url, event_types, enabled, disabled_reason, created_at, updated_at, "
-    "rate_limit, failing_since, failing_reason"
+    "rate_limit, failing_since, failing_reason, description, deleted_at"
 )
 
 
@@ -182,6 +189,17 @@ def _is_hostname(host: str) -> bool:
     return len(ascii_host) <= 253 and bool(_HOSTNAME.match(ascii_host.lower()))
 
 
+def validate_description(description: str) -> str | None:
+    """Return the description to store (None for an empty one), or raise `InvalidArgument`."""
+    text = description.strip()
+    if len(text) > MAX_DESCRIPTION_LENGTH or _CONTROL.search(text):
+        raise InvalidArgument(
+            f"an endpoint description must be at most {MAX_DESCRIPTION_LENGTH} characters, "
+            "without control characters"
+        )
+    return text or None
+
+
 def active_secrets(
     stored: Sequence[dict[str, Any]], now: datetime, keys: tuple[str, ...] = ()
 ) -> list[str]:
@@ -243,14 +261,24 @@ def add_endpoint(
     return _endpoint(row), secret
 
 
-def get_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endpoint:
-    """Return one endpoint, or raise `EndpointNotFound`."""
+def get_endpoint(
+    conn: Connection, settings: Settings, endpoint_id: str, *, include_deleted: bool = False
+) -> Endpoint:
+    """Return one endpoint, or raise `EndpointNotFound`.
+
+    Args:
+        include_deleted: return a deleted endpoint too (to show it: its attempts still name
+            it), instead of raising `EndpointDeleted`, which is what a caller about to act on
+            it or send to it needs.
+    """
     row = conn.execute(
         sql(f"SELECT {_COLUMNS} FROM {{s}}.endpoints WHERE id = :id", settings.db_schema),
         {"id": endpoint_id},
     ).one_or_none()
     if row is None:
         raise EndpointNotFound(endpoint_id)
+    if row.deleted_at is not None and not include_deleted:
+        raise EndpointDeleted(endpoint_id)
     return _endpoint(row)
 
 
@@ -261,13 +289,17 @@ def signing_secrets(
 
     Raises:
         EndpointNotFound: no endpoint has this id.
+        EndpointDeleted: it was deleted; nothing more is sent to it.
     """
     stored = conn.execute(
-        sql("SELECT secrets FROM {s}.endpoints WHERE id = :id", settings.db_schema),
+        sql(
+            "SELECT secrets FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL",
+            settings.db_schema,
+        ),
         {"id": endpoint_id},
     ).scalar_one_or_none()
     if stored is None:
-        raise EndpointNotFound(endpoint_id)
+        _missing(conn, settings, endpoint_id)
     return active_secrets(stored, now, settings.secret_keys)
 
 
@@ -278,11 +310,11 @@ def list_endpoints(
     project_id: str | None = None,
     mode: str | None = None,
 ) -> list[Endpoint]:
-    """Return every endpoint, or those of one project and/or mode, oldest first."""
+    """Return every endpoint not deleted, or those of one project and/or mode, oldest first."""
     rows = conn.execute(
         sql(
-            f"SELECT {_COLUMNS} FROM {{s}}.endpoints "
-            "WHERE (CAST(:project_id AS text) IS NULL OR project_id = :project_id) "
+            f"SELECT {_COLUMNS} FROM {{s}}.endpoints WHERE deleted_at IS NULL "
+            "AND (CAST(:project_id AS text) IS NULL OR project_id = :project_id) "
             "AND (CAST(:mode AS text) IS NULL OR mode = :mode) "
             "ORDER BY created_at, id",
             settings.db_schema,
@@ -300,13 +332,13 @@ def disable_endpoint(
     row = conn.execute(
         sql(
             "UPDATE {s}.endpoints SET enabled = false, disabled_reason = :reason, "
-            f"updated_at = :now WHERE id = :id RETURNING {_COLUMNS}",
+            f"updated_at = :now WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
             settings.db_schema,
         ),
         {"id": endpoint_id, "reason": reason or "disabled by an operator", "now": now},
     ).one_or_none()
     if row is None:
-        raise EndpointNotFound(endpoint_id)
+        _missing(conn, settings, endpoint_id)
     # Held deliveries leave the due index, so a long-disabled endpoint with a big backlog
     # costs the dispatcher nothing. The claim query also checks `enabled`, which covers a
     # worker that reschedules a delivery of this endpoint right now.
@@ -327,13 +359,13 @@ def enable_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> E
     row = conn.execute(
         sql(
             "UPDATE {s}.endpoints SET enabled = true, disabled_reason = NULL, updated_at = :now "
-            f"WHERE id = :id RETURNING {_COLUMNS}",
+            f"WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
             settings.db_schema,
         ),
         {"id": endpoint_id, "now": now},
     ).one_or_none()
     if row is None:
-        raise EndpointNotFound(endpoint_id)
+        _missing(conn, settings, endpoint_id)
     released = conn.execute(
         sql(
             "UPDATE {s}.deliveries SET next_attempt_at = :now, updated_at = :now "
@@ -347,6 +379,120 @@ def enable_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> E
     return _endpoint(row)
 
 
+# What `update_endpoint` may change, column by column. Mode and project are not among them:
+# an endpoint's deliveries are bound to both (`deliveries_endpoint_scope`).
+_UPDATABLE = ("url", "event_types", "description")
+# A new URL is a new chance: the backoff was earned by the old address, so scheduled retries
+# become due now. Held rows (endpoint disabled) stay held; rows in flight finish as they are.
+RESCHEDULE_PENDING = """
+UPDATE {s}.deliveries SET next_attempt_at = :now, updated_at = :now
+WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at > :now
+"""
+# A deleted endpoint's unfinished deliveries end here. Clearing the claim token stops a
+# worker that holds a claim but has not begun its attempt (`claims.begin_attempt` checks the
+# token and the state); one whose request is already out records it under `cancelled`.
+CANCEL_ENDPOINT_DELIVERIES = """
+UPDATE {s}.deliveries
+SET state = 'cancelled', next_attempt_at = NULL, claim_token = NULL, lease_expires_at = NULL,
+    updated_at = :now
+WHERE endpoint_id = :id AND state IN ('pending', 'delivering')
+"""
+CLOSE_ENDPOINT_REPLAYS = """
+UPDATE {s}.replays r SET state = 'done', claim_token = NULL, lease_expires_at = NULL
+FROM {s}.deliveries d
+WHERE d.id = r.delivery_id AND d.endpoint_id = :id AND r.state IN ('pending', 'delivering')
+"""
+
+
+def update_endpoint(
+    conn: Connection,
+    settings: Settings,
+    endpoint_id: str,
+    *,
+    url: str | None = None,
+    event_types: Iterable[str] | None = None,
+    description: str | None = None,
+) -> Endpoint:
+    """Change an endpoint's URL, event-type filter or description; None leaves one as it is.
+
+    The mode and the project never change. Pending deliveries go to the new URL (a worker
+    reads the URL when it begins an attempt), and those waiting for a retry become due now;
+    a new filter applies to events published from now on.
+
+    Args:
+        url: checked as at creation (`validate_url`).
+        event_types: exact types and ``prefix.*``; empty means every type.
+        description: free text for operators; empty removes it.
+
+    Raises:
+        InvalidArgument: nothing to change, or a bad description.
+        InvalidEndpointURL, InvalidEventType: as for `add_endpoint`.
+        EndpointNotFound, EndpointDeleted: no such endpoint, or it was deleted.
+    """
+    values: dict[str, Any] = {}
+    if url is not None:
+        values["url"] = validate_url(url, settings)
+    if event_types is not None:
+        values["event_types"] = list(validate_filters(event_types))
+    if description is not None:
+        values["description"] = validate_description(description)
+    if not values:
+        raise InvalidArgument("nothing to change: give a new URL, event types or description")
+    now = clock.now()
+    old_url = conn.execute(
+        sql(
+            "SELECT url FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL FOR UPDATE",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id},
+    ).scalar_one_or_none()
+    if old_url is None:
+        _missing(conn, settings, endpoint_id)
+    assignments = ", ".join(f"{column} = :{column}" for column in _UPDATABLE if column in values)
+    row = conn.execute(
+        sql(
+            f"UPDATE {{s}}.endpoints SET {assignments}, updated_at = :now "
+            f"WHERE id = :id RETURNING {_COLUMNS}",
+            settings.db_schema,
+        ),
+        {**values, "id": endpoint_id, "now": now},
+    ).one()
+    if values.get("url", old_url) != old_url:
+        moved = conn.execute(
+            sql(RESCHEDULE_PENDING, settings.db_schema), {"id": endpoint_id, "now": now}
+        ).rowcount
+        if moved:
+            notify_dispatchers(conn, settings)
+    return _endpoint(row)
+
+
+def delete_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endpoint:
+    """Delete an endpoint (softly) and cancel its unfinished deliveries; return it as deleted.
+
+    It leaves the listings and nothing more is sent to it: pending and in-flight deliveries
+    become ``cancelled``, queued replays are dropped, new events no longer fan out to it. Its
+    id is never reused and its attempts stay readable until retention removes them.
+
+    Raises:
+        EndpointNotFound, EndpointDeleted: no such endpoint, or it was already deleted.
+    """
+    now = clock.now()
+    row = conn.execute(
+        sql(
+            "UPDATE {s}.endpoints SET deleted_at = :now, updated_at = :now "
+            f"WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id, "now": now},
+    ).one_or_none()
+    if row is None:
+        _missing(conn, settings, endpoint_id)
+    params = {"id": endpoint_id, "now": now}
+    conn.execute(sql(CANCEL_ENDPOINT_DELIVERIES, settings.db_schema), params)
+    conn.execute(sql(CLOSE_ENDPOINT_REPLAYS, settings.db_schema), params)
+    return _endpoint(row)
+
+
 def set_rate_limit(
     conn: Connection, settings: Settings, endpoint_id: str, per_second: float | None
 ) -> Endpoint:
@@ -356,13 +502,13 @@ def set_rate_limit(
     row = conn.execute(
         sql(
             "UPDATE {s}.endpoints SET rate_limit = :rate, updated_at = :now "
-            f"WHERE id = :id RETURNING {_COLUMNS}",
+            f"WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
             settings.db_schema,
         ),
         {"id": endpoint_id, "rate": per_second, "now": clock.now()},
     ).one_or_none()
     if row is None:
-        raise EndpointNotFound(endpoint_id)
+        _missing(conn, settings, endpoint_id)
     return _endpoint(row)
 
 
@@ -376,11 +522,14 @@ def rotate_secret(
     """Give an endpoint a new secret; older ones keep signing for ``grace``, then stop."""
     now = clock.now()
     stored = conn.execute(
-        sql("SELECT secrets FROM {s}.endpoints WHERE id = :id FOR UPDATE", settings.db_schema),
+        sql(
+            "SELECT secrets FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL FOR UPDATE",
+            settings.db_schema,
+        ),
         {"id": endpoint_id},
     ).scalar_one_or_none()
     if stored is None:
-        raise EndpointNotFound(endpoint_id)
+        _missing(conn, settings, endpoint_id)
     expires = (now + grace).isoformat()
     kept = [
         {"secret": item["secret"], "expires_at": min(item["expires_at"] or expires, expires)}
@@ -491,6 +640,12 @@ def drop_retired_secrets(conn: Connection, settings: Settings, now: datetime) ->
     return int(conn.execute(sql(DROP_RETIRED, settings.db_schema), {"now": now}).rowcount)
 
 
+def _missing(conn: Connection, settings: Settings, endpoint_id: str) -> NoReturn:
+    """Raise why an endpoint cannot be changed: it was deleted, or it never existed."""
+    get_endpoint(conn, settings, endpoint_id, include_deleted=True)
+    raise EndpointDeleted(endpoint_id)
+
+
 def _endpoint(row: Any) -> Endpoint:
     return Endpoint(
         id=row.id,
@@ -505,4 +660,6 @@ def _endpoint(row: Any) -> Endpoint:
         rate_limit=row.rate_limit,
         failing_since=row.failing_since,
         failing_reason=row.failing_reason,
+        description=row.description,
+        deleted_at=row.deleted_at,
     )

@@ -14,6 +14,7 @@ the id or value involved and says what to do.
     │   └── PayloadTooLarge       the envelope is over 262,144 bytes
     ├── InvalidArgument           (ValueError) any other bad input (ids, times, flags)
     ├── EndpointNotFound          (LookupError)
+    │   └── EndpointDeleted       it existed, and was deleted: nothing more can go to it
     └── EventNotFound             (LookupError)
 """
 
@@ -62,6 +63,19 @@ class EndpointNotFound(WebhookError, LookupError):
     def __init__(self, endpoint_id: str) -> None:
         super().__init__(
             f"endpoint {endpoint_id} does not exist; `webhooks endpoint list` shows the known ones"
+        )
+        self.endpoint_id = endpoint_id
+
+
+class EndpointDeleted(EndpointNotFound):
+    """The endpoint was deleted: it can still be shown, but not changed or sent to."""
+
+    def __init__(self, endpoint_id: str) -> None:
+        WebhookError.__init__(
+            self,
+            f"endpoint {endpoint_id} was deleted; nothing more is sent to it and it cannot be "
+            f"changed (its attempts stay readable: `webhooks endpoint show {endpoint_id}`, "
+            "`webhooks attempts EVT`); add a new endpoint instead",
         )
         self.endpoint_id = endpoint_id
 

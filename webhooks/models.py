@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from webhooks.addresses import literal_ip
 
-DELIVERY_STATES = ("pending", "delivering", "succeeded", "failed")
+DELIVERY_STATES = ("pending", "delivering", "succeeded", "failed", "cancelled")
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -27,7 +27,11 @@ def rfc3339(moment: datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A customer's receiving URL and what it subscribes to. Secrets are never held here."""
+    """A customer's receiving URL and what it subscribes to. Secrets are never held here.
+
+    ``deleted_at`` is set once the endpoint was deleted (soft: the row stays so that its
+    attempts keep naming an endpoint that can be shown).
+    """
 
     id: str
     project_id: str
@@ -41,10 +45,19 @@ class Endpoint:
     rate_limit: float | None = None
     failing_since: datetime | None = None
     failing_reason: str | None = None
+    description: str | None = None
+    deleted_at: datetime | None = None
+
+    @property
+    def is_deleted(self) -> bool:
+        """True once the endpoint was deleted: nothing more is sent to it."""
+        return self.deleted_at is not None
 
     @property
     def health(self) -> str:
-        """``healthy``, ``failing`` (see `webhooks.health`) or ``disabled``."""
+        """``healthy``, ``failing`` (see `webhooks.health`), ``disabled``, or ``deleted``."""
+        if self.is_deleted:
+            return "deleted"
         if not self.enabled:
             return "disabled"
         return "failing" if self.failing_since is not None else "healthy"
@@ -63,8 +76,10 @@ class Endpoint:
             "failing_since": rfc3339(self.failing_since),
             "failing_reason": self.failing_reason,
             "rate_limit": self.rate_limit,
+            "description": self.description,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
+            "deleted_at": rfc3339(self.deleted_at),
         }
 
 
@@ -153,4 +168,43 @@ class Delivery:
             "attempt_count": self.attempt_count,
             "next_attempt_at": rfc3339(self.next_attempt_at),
             "attempts": [a.to_json() for a in self.attempts],
+        }
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    """One delivery as `webhooks deliveries` lists it: where it stands and how it last went."""
+
+    id: str
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    project_id: str
+    mode: str
+    state: str
+    attempt_count: int
+    last_status: int | None
+    last_error_kind: str | None
+    last_error_message: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The `deliveries --json` element shape."""
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "endpoint_id": self.endpoint_id,
+            "project_id": self.project_id,
+            "mode": self.mode,
+            "state": self.state,
+            "attempt_count": self.attempt_count,
+            "last_status": self.last_status,
+            "last_error_kind": self.last_error_kind,
+            "last_error_message": self.last_error_message,
+            "next_attempt_at": rfc3339(self.next_attempt_at),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
         }

@@ -26,9 +26,9 @@ MAX_PROJECT_ID_LENGTH = 200
 
 # One round trip records the event, fans it out to every subscribed endpoint of the project
 # and, if any delivery is due, notifies the dispatchers (delivered at commit). A disabled
-# endpoint still gets its delivery, held (next_attempt_at NULL) until it is enabled. Only
-# endpoints of the event's project and mode are candidates; the filter rule is
-# `event_types.matches`, in SQL. `only_endpoint` (`webhooks trigger --endpoint`) sends a
+# endpoint still gets its delivery, held (next_attempt_at NULL) until it is enabled; a deleted
+# one gets nothing. Only endpoints of the event's project and mode are candidates; the filter
+# rule is `event_types.matches`, in SQL. `only_endpoint` (`webhooks trigger --endpoint`) sends a
 # simulated event to that one endpoint, whatever its filter says.
 PUBLISH = """
 WITH event AS (
@@ -43,7 +43,7 @@ WITH event AS (
     SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, e.id, :project_id,
            :mode, 'pending', CASE WHEN e.enabled THEN :now END, :now, :now
     FROM event, {s}.endpoints e
-    WHERE e.project_id = :project_id AND e.mode = :mode
+    WHERE e.project_id = :project_id AND e.mode = :mode AND e.deleted_at IS NULL
       AND CASE WHEN CAST(:only_endpoint AS text) IS NOT NULL THEN e.id = :only_endpoint
           ELSE cardinality(e.event_types) = 0
                OR :type = ANY (e.event_types)

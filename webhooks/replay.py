@@ -25,9 +25,11 @@ from webhooks.settings import Settings
 REPLAY_STATUSES = DELIVERY_STATES
 BULK_BATCH_SIZE = 500
 
+# Deleted endpoints are left out: nothing more is sent to them.
 REPLAY_EVENT = """
 INSERT INTO {s}.replays (delivery_id, requested_at)
 SELECT d.id, :now FROM {s}.deliveries d
+JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.deleted_at IS NULL
 WHERE d.event_id = :event_id
   AND (CAST(:endpoint_id AS text) IS NULL OR d.endpoint_id = :endpoint_id)
 """
@@ -68,7 +70,10 @@ class BulkReplay:
 def replay_event(
     conn: Connection, settings: Settings, event_id: str, *, endpoint_id: str | None = None
 ) -> int:
-    """Queue a replay of one event to all its endpoints, or one; return how many."""
+    """Queue a replay of one event to all its endpoints, or one; return how many.
+
+    Endpoints deleted since are skipped; naming one raises `EndpointDeleted`.
+    """
     exists = conn.execute(
         sql("SELECT 1 FROM {s}.events WHERE id = :id", settings.db_schema), {"id": event_id}
     ).scalar_one_or_none()

@@ -11,15 +11,15 @@ deleted whole batches and resumes by simply running again):
    ``batch_size`` events at a time.
 
 Either phase deletes rows of an event only if the event is *settled*: every one of its
-deliveries is ``succeeded`` or ``failed`` and none has a ``pending`` or ``delivering``
-replay. An event with a live delivery (in flight, scheduled, or held by a disabled endpoint)
-or a live replay is left whole, however old. To make that check race-free, a batch first
-locks the finished deliveries of its events (``FOR UPDATE SKIP LOCKED``: a row somebody else
-holds is simply not settled this time), then reads, in a fresh statement, how many
-deliveries each event has and which have live replays. A locked delivery cannot gain a
-replay (the replay's foreign-key check waits for the lock, then finds the row gone) and a
-finished delivery never becomes live again, so what the batch deletes was settled when it
-was deleted.
+deliveries is ``succeeded``, ``failed`` or ``cancelled`` and none has a ``pending`` or
+``delivering`` replay. An event with a live delivery (in flight, scheduled, or held by a
+disabled endpoint) or a live replay is left whole, however old. To make that check
+race-free, a batch first locks the finished deliveries of its events (``FOR UPDATE SKIP
+LOCKED``: a row somebody else holds is simply not settled this time), then reads, in a fresh
+statement, how many deliveries each event has and which have live replays. A locked delivery
+cannot gain a replay (the replay's foreign-key check waits for the lock, then finds the row
+gone) and a finished delivery never becomes live again, so what the batch deletes was
+settled when it was deleted.
 
 Vacuum settings of the hot tables (autovacuum vacuums a table once its dead rows exceed
 ``autovacuum_vacuum_threshold + autovacuum_vacuum_scale_factor * rows``; the defaults are
@@ -88,12 +88,14 @@ LIMIT :limit
 # a delivery somebody holds is busy, hence not settled now; never wait for it.
 LOCK_FINISHED = """
 SELECT id, event_id FROM {s}.deliveries
-WHERE event_id = ANY (CAST(:event_ids AS text[])) AND state IN ('succeeded', 'failed')
+WHERE event_id = ANY (CAST(:event_ids AS text[]))
+  AND state IN ('succeeded', 'failed', 'cancelled')
 FOR UPDATE SKIP LOCKED
 """
 LIST_FINISHED = """
 SELECT id, event_id FROM {s}.deliveries
-WHERE event_id = ANY (CAST(:event_ids AS text[])) AND state IN ('succeeded', 'failed')
+WHERE event_id = ANY (CAST(:event_ids AS text[]))
+  AND state IN ('succeeded', 'failed', 'cancelled')
 """
 # Read after the lock, in a new statement (a new snapshot under READ COMMITTED).
 DELIVERY_COUNTS = """

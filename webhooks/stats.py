@@ -22,9 +22,10 @@ STATES = DELIVERY_STATES
 
 BY_STATE = "SELECT state, count(*) AS n FROM {s}.deliveries GROUP BY state"
 ENDPOINTS = """
-SELECT count(*) FILTER (WHERE enabled) AS enabled,
-       count(*) FILTER (WHERE NOT enabled) AS disabled,
-       count(*) FILTER (WHERE breaker_open_until > :now) AS breakers_open
+SELECT count(*) FILTER (WHERE enabled AND deleted_at IS NULL) AS enabled,
+       count(*) FILTER (WHERE NOT enabled AND deleted_at IS NULL) AS disabled,
+       count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted,
+       count(*) FILTER (WHERE breaker_open_until > :now AND deleted_at IS NULL) AS breakers_open
 FROM {s}.endpoints
 """
 BACKLOG = """
@@ -48,13 +49,14 @@ WITH counts AS (
            count(*) FILTER (WHERE state = 'pending') AS pending,
            count(*) FILTER (WHERE state = 'delivering') AS delivering,
            count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE state = 'failed') AS failed
+           count(*) FILTER (WHERE state = 'failed') AS failed,
+           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
     FROM {s}.deliveries
     GROUP BY endpoint_id
 )
 SELECT e.id, e.project_id, e.enabled, e.disabled_reason,
        coalesce(e.breaker_open_until > :now, false) AS breaker_open,
-       c.pending, c.delivering, c.succeeded, c.failed
+       c.pending, c.delivering, c.succeeded, c.failed, c.cancelled
 FROM counts c JOIN {s}.endpoints e ON e.id = c.endpoint_id
 WHERE c.failed > 0 OR c.pending > 0
 ORDER BY c.failed DESC, c.pending DESC, e.id
@@ -70,13 +72,15 @@ def delivery_stats(
     Shape (the ``--json`` output)::
 
         {"generated_at": "…Z",
-         "deliveries": {"pending": n, "delivering": n, "succeeded": n, "failed": n, "total": n},
-         "endpoints": {"enabled": n, "disabled": n, "breakers_open": n},
+         "deliveries": {"pending": n, "delivering": n, "succeeded": n, "failed": n,
+                        "cancelled": n, "total": n},
+         "endpoints": {"enabled": n, "disabled": n, "deleted": n, "breakers_open": n},
          "backlog": {"due": n, "oldest_due_age_seconds": float | null},
          "reclaimed_without_attempt": {"deliveries": n, "most_reclaims": n,
                                        "delivery_id": "dlv_…" | null},
          "top_endpoints": [{"endpoint_id", "project_id", "enabled", "disabled_reason",
-                            "breaker_open", "pending", "delivering", "succeeded", "failed"}]}
+                            "breaker_open", "pending", "delivering", "succeeded", "failed",
+                            "cancelled"}]}
 
     Args:
         conn: a connection to the webhooks database.
@@ -113,6 +117,7 @@ def delivery_stats(
         "endpoints": {
             "enabled": int(endpoints.enabled),
             "disabled": int(endpoints.disabled),
+            "deleted": int(endpoints.deleted),
             "breakers_open": int(endpoints.breakers_open),
         },
         "backlog": {
@@ -136,8 +141,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     age = b["oldest_due_age_seconds"]
     lines = [
         f"deliveries  {d['total']} total: {d['pending']} pending, {d['delivering']} delivering, "
-        f"{d['succeeded']} succeeded, {d['failed']} failed",
-        f"endpoints   {e['enabled']} enabled, {e['disabled']} disabled, "
+        f"{d['succeeded']} succeeded, {d['failed']} failed, {d['cancelled']} cancelled",
+        f"endpoints   {e['enabled']} enabled, {e['disabled']} disabled, {e['deleted']} deleted, "
         f"{e['breakers_open']} with the circuit breaker open",
         f"backlog     {b['due']} due now"
         + (f", the oldest waiting {age:.1f}s" if age is not None else ""),

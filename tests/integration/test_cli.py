@@ -308,7 +308,14 @@ def test_doctor_stats_and_prune_answer_an_operator(env: dict[str, str]) -> None:
     doctor = run(env, "doctor", "--json")
     assert json.loads(doctor.stdout)["healthy"] is True
     stats = ok(env, "stats", "--json")
-    assert set(stats["deliveries"]) == {"pending", "delivering", "succeeded", "failed", "total"}
+    assert set(stats["deliveries"]) == {
+        "pending",
+        "delivering",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "total",
+    }
     assert stats["deliveries"]["total"] >= 1  # earlier tests of this module delivered
     assert {"enabled", "disabled", "breakers_open"} <= set(stats["endpoints"])
     assert "healthy: all 8 checks passed (with warnings: secrets)" in ok(env, "doctor")

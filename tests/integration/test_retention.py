@@ -307,6 +307,17 @@ def test_a_replay_queued_for_an_old_event_protects_it_until_it_is_done(
     assert footprint(engine, settings, prefix) == (0, 0, 0, 0)
 
 
+def test_old_events_whose_deliveries_were_cancelled_are_pruned(
+    engine: Engine, settings: Settings, endpoints: tuple[str, str]
+) -> None:
+    # A deleted endpoint's deliveries are finished: they must not keep old events forever.
+    now = clock.now()
+    seed = Seed(engine, settings, endpoints)
+    prefix = seed.events("cancelled", 5, now - timedelta(days=90), state="cancelled", attempts=2)
+    prune(engine, settings, older_than=RETENTION, now=now)
+    assert footprint(engine, settings, prefix) == (0, 0, 0, 0)
+
+
 def test_prune_refuses_a_non_positive_age(engine: Engine, settings: Settings) -> None:
     from webhooks.errors import InvalidArgument
 

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from tests.helpers import new_endpoint
 from webhooks import clock
 from webhooks.database import create_engine, migrate, sql
-from webhooks.endpoints import disable_endpoint
+from webhooks.endpoints import delete_endpoint, disable_endpoint
 from webhooks.settings import Settings
 from webhooks.stats import delivery_stats, format_stats
 
@@ -76,8 +76,11 @@ def test_stats_count_deliveries_by_state_and_rank_failing_endpoints(fresh: Setti
         seed(engine, fresh, failing, "f", {"failed": 7, "succeeded": 3, "delivering": 1})
         seed(engine, fresh, held, "d", {"pending": 4, "failed": 1})
         seed(engine, fresh, tripped, "t", {"failed": 2})
+        gone = new_endpoint(engine, fresh, "http://127.0.0.1:9/gone", "proj_s")[0]
+        seed(engine, fresh, gone, "g", {"pending": 3, "succeeded": 1})
         with engine.begin() as conn:
             disable_endpoint(conn, fresh, held, reason="customer asked")
+            delete_endpoint(conn, fresh, gone)
             conn.execute(
                 sql(
                     "UPDATE {s}.endpoints SET breaker_open_until = :at WHERE id = :id",
@@ -93,11 +96,17 @@ def test_stats_count_deliveries_by_state_and_rank_failing_endpoints(fresh: Setti
         assert stats["deliveries"] == {
             "pending": 6,
             "delivering": 1,
-            "succeeded": 53,
+            "succeeded": 54,
             "failed": 10,
-            "total": 70,
+            "cancelled": 3,
+            "total": 74,
         }
-        assert stats["endpoints"] == {"enabled": 3, "disabled": 1, "breakers_open": 1}
+        assert stats["endpoints"] == {
+            "enabled": 3,
+            "disabled": 1,
+            "deleted": 1,
+            "breakers_open": 1,
+        }
         assert stats["backlog"]["due"] == 2
         assert 290 <= stats["backlog"]["oldest_due_age_seconds"] <= 400
         top = stats["top_endpoints"]
@@ -112,12 +121,13 @@ def test_stats_count_deliveries_by_state_and_rank_failing_endpoints(fresh: Setti
             "delivering": 1,
             "succeeded": 3,
             "failed": 7,
+            "cancelled": 0,
         }
         assert top[1]["breaker_open"] and not top[2]["enabled"]
 
         text = format_stats(stats)
-        assert "70 total: 6 pending, 1 delivering, 53 succeeded, 10 failed" in text
-        assert "3 enabled, 1 disabled, 1 with the circuit breaker open" in text
+        assert "74 total: 6 pending, 1 delivering, 54 succeeded, 10 failed, 3 cancelled" in text
+        assert "3 enabled, 1 disabled, 1 deleted, 1 with the circuit breaker open" in text
         assert "disabled (customer asked)" in text and "breaker open" in text
         assert healthy not in text  # only failing or holding endpoints are listed
     finally:

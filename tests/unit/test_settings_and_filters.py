@@ -114,6 +114,7 @@ def test_the_public_api_is_pinned() -> None:
         "BrokerUnavailable",
         "ConfigurationError",
         "DatabaseUnavailable",
+        "EndpointDeleted",
         "EndpointNotFound",
         "EventNotFound",
         "InvalidArgument",
