@@ -222,7 +222,7 @@ def test_rows_stored_before_modes_are_live_and_keep_their_bytes(
             ):
                 conn.execute(sql(statement, settings.db_schema), {"payload": payload})
 
-        assert migrate(settings) == "0008"
+        assert migrate(settings) == "0009"
 
         assert _payload(engine, settings, "evt_old") == payload  # the exact bytes
         with engine.connect() as conn:
