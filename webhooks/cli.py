@@ -545,8 +545,8 @@ def replay_command(
             already = {"already_queued": result.already_queued} if result.already_queued else {}
             emit_json({"queued": result.queued, **already})
         else:
-            already = f" ({result.already_queued} already queued)" if result.already_queued else ""
-            click.echo(f"queued {result.queued} deliveries for replay{already}")
+            note = f" ({result.already_queued} already queued)" if result.already_queued else ""
+            click.echo(f"queued {result.queued} deliveries for replay{note}")
         return
     if endpoint_id is None or since is None:
         raise click.UsageError("give an EVENT_ID, or --endpoint EP --since T for a bulk replay")
