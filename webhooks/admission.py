@@ -15,6 +15,12 @@ applied by the dispatcher to each batch of due rows (oldest first):
   one second of requests, so the limit holds across every dispatcher and worker. A row over
   the limit is deferred to its slot: it waits in Postgres, never in a worker's memory.
 
+Replays pass the same rules, counted in the same in-flight totals, and **take turns** with
+scheduled work (`take_turns`, `batch_quota`): at each endpoint the two kinds alternate, and
+neither kind takes more than half of a batch while the other has due rows left over (the
+unused share of one goes to the other). A bulk replay to one slow endpoint therefore never
+holds the batch, nor that endpoint's slots, against its own or anyone's scheduled work.
+
 Nothing is dropped. A row of a healthy endpoint that is at its cap stays due and waits for
 a slot (the dispatcher's query skips endpoints already at their cap, so the rows behind them
 are reached, and it looks again within `CAPACITY_RECHECK`). A row of an endpoint whose breaker
@@ -50,6 +56,17 @@ class Candidate:
     consecutive_failures: int
     breaker_open_until: datetime | None
     window_end: datetime | None = None
+    replay_id: int | None = None
+
+    @property
+    def trigger(self) -> str:
+        """``replay`` for a queued replay, ``scheduled`` for a due delivery."""
+        return "scheduled" if self.replay_id is None else "replay"
+
+    @property
+    def key(self) -> str:
+        """What an `Admission` names this row by: the delivery id, or the replay's."""
+        return self.delivery_id if self.replay_id is None else f"replay:{self.replay_id}"
 
 
 # A rate-limited endpoint that was idle may receive up to this much of its rate at once.
@@ -106,24 +123,84 @@ class Admission:
     expire: tuple[str, ...] = ()
 
 
+def batch_quota(limit: int, scheduled: int, replays: int) -> dict[str, int]:
+    """How many rows of each kind one batch may claim.
+
+    Each kind is guaranteed half the batch when it has that many due rows; what one kind
+    leaves unused goes to the other, so a batch is never held back for nothing.
+
+    Args:
+        limit: the batch size.
+        scheduled: due scheduled rows found.
+        replays: due replays found.
+    """
+    half = limit // 2
+    return {
+        "scheduled": limit - min(replays, limit - half),
+        "replay": limit - min(scheduled, half),
+    }
+
+
+def take_turns(
+    scheduled: Sequence[Candidate],
+    replays: Sequence[Candidate],
+    last_turn: Mapping[str, str] | None = None,
+) -> list[Candidate]:
+    """Order due rows so that, at each endpoint, replays and scheduled rows alternate.
+
+    Each kind keeps its own order (oldest first). An endpoint starts with the kind that did
+    not go last there (``last_turn``, from the previous batch), so an endpoint with one free
+    slot per batch serves the two kinds in turn instead of always the same one. Rows are
+    then taken turn by turn across endpoints: every endpoint's first row, then every
+    endpoint's second, and so on.
+
+    Args:
+        scheduled: due deliveries, oldest first.
+        replays: due replays, oldest first.
+        last_turn: per endpoint id, the trigger of the last row claimed there.
+    """
+    last_turn = last_turn or {}
+    by_endpoint: dict[str, dict[str, list[Candidate]]] = {}
+    for candidate in [*scheduled, *replays]:
+        kinds = by_endpoint.setdefault(candidate.endpoint_id, {"scheduled": [], "replay": []})
+        kinds[candidate.trigger].append(candidate)
+    turns: dict[str, int] = {}
+    for endpoint, kinds in by_endpoint.items():
+        first = "replay" if last_turn.get(endpoint) == "scheduled" else "scheduled"
+        second = "replay" if first == "scheduled" else "scheduled"
+        lanes = (kinds[first], kinds[second])
+        turn = 0
+        for i in range(max(len(lanes[0]), len(lanes[1]))):
+            for lane in lanes:
+                if i < len(lane):
+                    turns[lane[i].key] = turn
+                    turn += 1
+    position = {c.key: i for i, c in enumerate([*scheduled, *replays])}
+    return sorted([*scheduled, *replays], key=lambda c: (turns[c.key], position[c.key]))
+
+
 def admit(
     candidates: Sequence[Candidate],
     in_flight: Mapping[str, int],
     policy: IsolationPolicy,
     now: datetime,
     rates: Mapping[str, RateLimit] | None = None,
+    quota: Mapping[str, int] | None = None,
 ) -> Admission:
-    """Decide which candidates start now.
+    """Decide which candidates start now. Rows are named by their `Candidate.key`.
 
     Args:
-        candidates: due rows, oldest first.
-        in_flight: attempts in flight per endpoint id, across all workers.
+        candidates: due rows, oldest first (or in turns: `take_turns`).
+        in_flight: attempts in flight per endpoint id, across all workers, replays included.
         policy: the limits.
         now: the time of the decision.
         rates: the rate limits of the rate-limited endpoints among the candidates, read
             under their row locks.
+        quota: at most this many claims per trigger (`batch_quota`); a row over its kind's
+            quota stays due and counts as waiting.
     """
     rates = rates or {}
+    claimed: Counter[str] = Counter()
     running: Counter[str] = Counter(in_flight)
     held: Counter[str] = Counter()
     first_slot = {endpoint: rate.first_slot(now) for endpoint, rate in rates.items()}
@@ -134,14 +211,18 @@ def admit(
     waiting = 0
     for candidate in candidates:
         endpoint = candidate.endpoint_id
+        key = candidate.key
         if candidate.breaker_open_until is not None and candidate.breaker_open_until > now:
-            defer[candidate.delivery_id] = candidate.breaker_open_until
+            defer[key] = candidate.breaker_open_until
+            continue
+        if quota is not None and claimed[candidate.trigger] >= quota.get(candidate.trigger, 0):
+            waiting += 1
             continue
         limit = policy.limit(candidate)
         if running[endpoint] >= limit:
             if limit < policy.concurrency:  # half-open: only the probe may be out
                 held[endpoint] += 1
-                defer[candidate.delivery_id] = now + policy.recheck_step * held[endpoint]
+                defer[key] = now + policy.recheck_step * held[endpoint]
             else:
                 waiting += 1
             continue
@@ -151,18 +232,19 @@ def admit(
             )
             if slot > now:
                 reserved[endpoint] += 1
-                defer[candidate.delivery_id] = slot
+                defer[key] = slot
                 continue
             sent[endpoint] += 1
         running[endpoint] += 1
-        claim.append(candidate.delivery_id)
+        claimed[candidate.trigger] += 1
+        claim.append(key)
     # The next free slot follows the ones handed out now only: a deferred row, due again at
     # its slot, must find that slot free.
     next_send_at = {
         endpoint: first_slot[endpoint] + rates[endpoint].interval * sent[endpoint]
         for endpoint in sent
     }
-    window_end = {c.delivery_id: c.window_end for c in candidates}
+    window_end = {c.key: c.window_end for c in candidates}
     expire = tuple(
         delivery
         for delivery, at in defer.items()

@@ -11,7 +11,8 @@ message can never overwrite a newer claim.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,14 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy.engine import Connection
 
-from webhooks.admission import Candidate, IsolationPolicy, RateLimit, admit
+from webhooks.admission import (
+    Candidate,
+    IsolationPolicy,
+    RateLimit,
+    admit,
+    batch_quota,
+    take_turns,
+)
 from webhooks.database import driver_sql, sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import active_secrets
@@ -47,22 +55,45 @@ FROM {s}.endpoints e
 WHERE d.state = 'pending' AND d.next_attempt_at IS NULL
   AND e.id = d.endpoint_id AND e.enabled
 """
+# Replays of disabled endpoints leave the due index (due at 'infinity'), as held deliveries
+# do (next_attempt_at NULL), and come back due now once their endpoint is enabled.
+HOLD_REPLAYS = """
+UPDATE {s}.replays r SET due_at = 'infinity'
+FROM {s}.deliveries d, {s}.endpoints e
+WHERE r.state = 'pending' AND r.due_at < 'infinity'
+  AND d.id = r.delivery_id AND e.id = d.endpoint_id AND NOT e.enabled
+"""
+RELEASE_HELD_REPLAYS = """
+UPDATE {s}.replays r SET due_at = :now
+FROM {s}.deliveries d, {s}.endpoints e
+WHERE r.state = 'pending' AND r.due_at = 'infinity'
+  AND d.id = r.delivery_id AND e.id = d.endpoint_id AND e.enabled
+"""
 REAP_REPLAYS = """
 UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at = NULL
 WHERE state = 'delivering' AND lease_expires_at < :now
 """
 
+# Attempts in flight per endpoint, scheduled and replayed alike: both count against the cap.
+BUSY = """busy AS MATERIALIZED (
+    SELECT endpoint_id, count(*) AS n FROM (
+        SELECT endpoint_id FROM {s}.deliveries WHERE state = 'delivering'
+        UNION ALL
+        SELECT d.endpoint_id FROM {s}.replays r JOIN {s}.deliveries d ON d.id = r.delivery_id
+        WHERE r.state = 'delivering'
+    ) flying
+    GROUP BY endpoint_id
+)"""
 # Due rows, oldest first, locked for this transaction (SKIP LOCKED: another dispatcher gets
 # the next ones). OF d locks only the delivery rows, not the endpoint rows joined to skip
 # disabled endpoints and to read their breaker state, in-flight count and whether they are
 # rate-limited, all in this one round trip. `admission.admit` then decides. A row of a deleted
 # endpoint is due only if a publish that read the endpoint before the delete committed after
 # it (`endpoints.delete_endpoint` cancels every row it can see): it is cancelled, not claimed.
-DUE_CANDIDATES = """
-WITH busy AS MATERIALIZED (
-    SELECT endpoint_id, count(*) AS n FROM {s}.deliveries
-    WHERE state = 'delivering' GROUP BY endpoint_id
-)
+DUE_CANDIDATES = (
+    "WITH "
+    + BUSY
+    + """
 SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
        coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited,
        d.first_attempt_at + :window AS window_end, e.deleted_at IS NOT NULL AS deleted
@@ -74,6 +105,25 @@ ORDER BY d.next_attempt_at
 LIMIT :limit
 FOR UPDATE OF d SKIP LOCKED
 """
+)
+# Queued replays, the same way: a disabled endpoint's replays stay queued (held) until it is
+# enabled, and those of an endpoint at its cap are passed over in SQL, not in Python.
+REPLAY_CANDIDATES = (
+    "WITH "
+    + BUSY
+    + """
+SELECT r.id AS replay_id, d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
+       coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited
+FROM {s}.replays r
+JOIN {s}.deliveries d ON d.id = r.delivery_id
+JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
+LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
+WHERE r.state = 'pending' AND r.due_at <= :now AND coalesce(b.n, 0) < :concurrency
+ORDER BY r.due_at, r.id
+LIMIT :limit
+FOR UPDATE OF r SKIP LOCKED
+"""
+)
 CLAIM_DELIVERIES = """
 UPDATE {s}.deliveries
 SET state = 'delivering', claim_token = gen_random_uuid(), lease_expires_at = :lease_until,
@@ -112,18 +162,16 @@ WHERE d.id = ANY (CAST(:ids AS text[]))
 RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.project_id, d.mode
 """
 CLAIM_REPLAYS = """
-WITH due AS MATERIALIZED (
-    SELECT r.id FROM {s}.replays r
-    WHERE r.state = 'pending'
-    ORDER BY r.requested_at
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-)
 UPDATE {s}.replays r
 SET state = 'delivering', claim_token = gen_random_uuid(), lease_expires_at = :lease_until
-FROM due, {s}.deliveries d
-WHERE r.id = due.id AND d.id = r.delivery_id
+FROM {s}.deliveries d
+WHERE r.id = ANY (CAST(:ids AS bigint[])) AND d.id = r.delivery_id
 RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, r.claim_token
+"""
+DEFER_REPLAYS = """
+UPDATE {s}.replays r SET due_at = v.at
+FROM unnest(CAST(:ids AS bigint[]), CAST(:ats AS timestamptz[])) AS v (id, at)
+WHERE r.id = v.id
 """
 RELEASE_DELIVERY = """
 UPDATE {s}.deliveries
@@ -134,12 +182,15 @@ RELEASE_REPLAY = """
 UPDATE {s}.replays SET state = 'pending', claim_token = NULL, lease_expires_at = NULL
 WHERE claim_token = CAST(:token AS uuid) AND state = 'delivering'
 """
-# The earliest time any pending row falls due; the first entry of the due index. Read right
+# The earliest time any pending delivery or replay falls due; the first entry of each due
+# index (held replays, due at 'infinity', are left out). Read right
 # after a claim, a time already past means due rows were left behind: their endpoints are
 # at their cap (or another dispatcher holds them), and the dispatcher looks again within
 # `admission.CAPACITY_RECHECK` instead of sleeping until the poll.
 NEXT_DUE = """
-SELECT min(next_attempt_at) FROM {s}.deliveries WHERE state = 'pending'
+SELECT least(
+    (SELECT min(next_attempt_at) FROM {s}.deliveries WHERE state = 'pending'),
+    (SELECT min(due_at) FROM {s}.replays WHERE state = 'pending' AND due_at < 'infinity'))
 """
 
 # The worker's first step: prove the claim is still ours and read what to send. A plain read
@@ -234,8 +285,10 @@ FROM d
 RETURNING number
 """
 )
+# `outcome` is what a recovery's progress counts: attempts made, and how they went.
 FINISH_REPLAY = """
-UPDATE {s}.replays SET state = 'done', claim_token = NULL, lease_expires_at = NULL
+UPDATE {s}.replays SET state = 'done', claim_token = NULL, lease_expires_at = NULL,
+    outcome = :outcome
 WHERE claim_token = CAST(:token AS uuid)
 """
 INSERT_ATTEMPT = (
@@ -328,26 +381,48 @@ def reap_expired_leases(conn: Connection, settings: Settings, now: datetime) -> 
 
 
 def release_held(conn: Connection, settings: Settings, now: datetime) -> int:
-    """Make held deliveries of enabled endpoints due now; return how many."""
-    return int(conn.execute(sql(RELEASE_HELD, settings.db_schema), {"now": now}).rowcount)
+    """Make held deliveries and replays of enabled endpoints due now; return how many.
+
+    Replays of disabled endpoints are held first (a disable does not touch replays).
+    """
+    schema = settings.db_schema
+    conn.execute(sql(HOLD_REPLAYS, schema))
+    released = conn.execute(sql(RELEASE_HELD_REPLAYS, schema), {"now": now}).rowcount
+    return int(conn.execute(sql(RELEASE_HELD, schema), {"now": now}).rowcount) + int(released)
 
 
 @dataclass(frozen=True)
 class ClaimBatch:
-    """What one claim round took, and how many due rows wait only for a free slot."""
+    """What one claim round took, how many due rows wait only for a free slot (or for their
+    kind's share of the next batch), whether queued replays were left for the next round,
+    and, per endpoint claimed, which kind went last (for `admission.take_turns`)."""
 
     claims: list[Claim]
     waiting: int = 0
+    replays_left: bool = False
+    last_turn: dict[str, str] = field(default_factory=dict)
 
 
 def claim_due(
-    conn: Connection, settings: Settings, now: datetime, limit: int, *, replays: bool = True
+    conn: Connection,
+    settings: Settings,
+    now: datetime,
+    limit: int,
+    *,
+    replays: bool = True,
+    last_turn: Mapping[str, str] | None = None,
 ) -> ClaimBatch:
-    """Claim up to ``limit`` due deliveries, and queued replays first if ``replays``.
+    """Claim up to ``limit`` due deliveries and queued replays, through one admission.
 
-    Replays go first: an operator is waiting. Without ``replays`` the replays table is not
-    looked at (one statement less for a dispatcher that knows none were queued).
+    Both kinds pass the same per-endpoint cap (counting both), breaker and rate limit, and
+    take turns (`admission.take_turns`, `admission.batch_quota`). Without ``replays`` the
+    replays table is not looked at (one statement less for a dispatcher that knows none
+    were queued).
+
+    Args:
+        last_turn: per endpoint, the kind claimed last there by the previous batch.
     """
+    schema = settings.db_schema
     params = {
         "now": now,
         "limit": limit,
@@ -355,29 +430,15 @@ def claim_due(
         "concurrency": settings.endpoint_concurrency,
         "window": settings.retry_window,
     }
-    claims = []
-    if replays:
-        claims = [
-            _claim(row, "replay")
-            for row in conn.execute(sql(CLAIM_REPLAYS, settings.db_schema), params)
-        ]
-    if len(claims) >= limit:
-        return ClaimBatch(claims)
-    params["limit"] = limit - len(claims)
-    batch = _claim_deliveries(conn, settings, params)
-    return ClaimBatch(claims + batch.claims, batch.waiting)
-
-
-def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, Any]) -> ClaimBatch:
-    schema = settings.db_schema
-    rows = conn.execute(sql(DUE_CANDIDATES, schema), params).all()
-    cancelled = [row.id for row in rows if row.deleted]
+    due = conn.execute(sql(DUE_CANDIDATES, schema), params).all()
+    cancelled = [row.id for row in due if row.deleted]
     if cancelled:
-        conn.execute(sql(CANCEL_DELIVERIES, schema), {"ids": cancelled, "now": params["now"]})
-        rows = [row for row in rows if not row.deleted]
-    if not rows:
+        conn.execute(sql(CANCEL_DELIVERIES, schema), {"ids": cancelled, "now": now})
+        due = [row for row in due if not row.deleted]
+    queued = conn.execute(sql(REPLAY_CANDIDATES, schema), params).all() if replays else []
+    if not due and not queued:
         return ClaimBatch([])
-    candidates = [
+    scheduled = [
         Candidate(
             row.id,
             row.endpoint_id,
@@ -385,42 +446,87 @@ def _claim_deliveries(conn: Connection, settings: Settings, params: dict[str, An
             row.breaker_open_until,
             row.window_end,
         )
-        for row in rows
+        for row in due
     ]
-    in_flight = {row.endpoint_id: row.in_flight for row in rows}
-    limited = sorted({row.endpoint_id for row in rows if row.rate_limited})
+    replayed = [
+        Candidate(
+            row.id,
+            row.endpoint_id,
+            row.consecutive_failures,
+            row.breaker_open_until,
+            replay_id=row.replay_id,
+        )
+        for row in queued
+    ]
+    in_flight = {row.endpoint_id: row.in_flight for row in [*due, *queued]}
+    limited = sorted({row.endpoint_id for row in [*due, *queued] if row.rate_limited})
     rates: dict[str, RateLimit] = {}
     if limited:
         rates = {
             row.id: RateLimit(row.rate_limit, row.next_send_at)
             for row in conn.execute(sql(RATE_LIMITS, schema), {"endpoint_ids": limited})
         }
+    ordered = take_turns(scheduled, replayed, last_turn)
     admission = admit(
-        candidates, in_flight, IsolationPolicy.from_settings(settings), params["now"], rates
+        ordered,
+        in_flight,
+        IsolationPolicy.from_settings(settings),
+        now,
+        rates,
+        batch_quota(limit, len(scheduled), len(replayed)),
     )
+    by_key = {c.key: c for c in ordered}
     if admission.next_send_at:
         conn.execute(
             sql(ADVANCE_SEND_SLOTS, schema),
             {"ids": list(admission.next_send_at), "ats": list(admission.next_send_at.values())},
         )
-    if admission.defer:
-        conn.execute(
-            sql(DEFER_DELIVERIES, schema),
-            {
-                "ids": list(admission.defer),
-                "ats": list(admission.defer.values()),
-                "now": params["now"],
-            },
-        )
+    _defer(conn, settings, admission.defer, by_key, now)
     if admission.expire:
-        _expire(conn, settings, admission.expire, params["now"])
+        _expire(conn, settings, admission.expire, now)
+    claim_ids = [by_key[k].delivery_id for k in admission.claim if by_key[k].replay_id is None]
+    replay_ids = [by_key[k].replay_id for k in admission.claim if by_key[k].replay_id is not None]
     claims: list[Claim] = []
-    if admission.claim:
-        claimed = conn.execute(
-            sql(CLAIM_DELIVERIES, schema), {**params, "ids": list(admission.claim)}
-        )
+    if claim_ids:
+        claimed = conn.execute(sql(CLAIM_DELIVERIES, schema), {**params, "ids": claim_ids})
         claims = [_claim(row, "scheduled") for row in claimed]
-    return ClaimBatch(claims, admission.waiting)
+    if replay_ids:
+        claimed = conn.execute(sql(CLAIM_REPLAYS, schema), {**params, "ids": replay_ids})
+        claims += [_claim(row, "replay") for row in claimed]
+    turns = {by_key[k].endpoint_id: by_key[k].trigger for k in admission.claim}
+    decided = len(replay_ids) + sum(1 for k in admission.defer if by_key[k].replay_id is not None)
+    return ClaimBatch(
+        claims,
+        admission.waiting,
+        replays_left=len(queued) >= limit or decided < len(queued),
+        last_turn=turns,
+    )
+
+
+def _defer(
+    conn: Connection,
+    settings: Settings,
+    defer: Mapping[str, datetime],
+    by_key: Mapping[str, Candidate],
+    now: datetime,
+) -> None:
+    """Move deferred rows to when they may go: deliveries' next attempt, replays' due time."""
+    deliveries = {by_key[k].delivery_id: at for k, at in defer.items() if not _is_replay(by_key[k])}
+    replays = {by_key[k].replay_id: at for k, at in defer.items() if _is_replay(by_key[k])}
+    if deliveries:
+        conn.execute(
+            sql(DEFER_DELIVERIES, settings.db_schema),
+            {"ids": list(deliveries), "ats": list(deliveries.values()), "now": now},
+        )
+    if replays:
+        conn.execute(
+            sql(DEFER_REPLAYS, settings.db_schema),
+            {"ids": list(replays), "ats": list(replays.values())},
+        )
+
+
+def _is_replay(candidate: Candidate) -> bool:
+    return candidate.replay_id is not None
 
 
 def _expire(conn: Connection, settings: Settings, ids: tuple[str, ...], now: datetime) -> None:
@@ -630,7 +736,10 @@ def record_attempt(
     else:
         conn.execute(sql(UPDATE_DELIVERY, settings.db_schema), update)
     if claim.trigger == "replay":
-        conn.execute(sql(FINISH_REPLAY, settings.db_schema), params)
+        conn.execute(
+            sql(FINISH_REPLAY, settings.db_schema),
+            {**params, "outcome": "succeeded" if outcome.is_success else "failed"},
+        )
     exhausted = update["state"] == "failed" and current.state != "failed"
     # A deleted endpoint has no health left to track and no one to warn.
     if interpret and not is_cancelled:

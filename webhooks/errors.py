@@ -15,7 +15,8 @@ the id or value involved and says what to do.
     ├── InvalidArgument           (ValueError) any other bad input (ids, times, flags)
     ├── EndpointNotFound          (LookupError)
     │   └── EndpointDeleted       it existed, and was deleted: nothing more can go to it
-    └── EventNotFound             (LookupError)
+    ├── EventNotFound             (LookupError)
+    └── RecoveryNotFound          (LookupError)
 """
 
 from __future__ import annotations
@@ -86,3 +87,14 @@ class EventNotFound(WebhookError, LookupError):
     def __init__(self, event_id: str) -> None:
         super().__init__(f"event {event_id} does not exist; check the id (it starts with evt_)")
         self.event_id = event_id
+
+
+class RecoveryNotFound(WebhookError, LookupError):
+    """No recovery has the given id."""
+
+    def __init__(self, recovery_id: str) -> None:
+        super().__init__(
+            f"recovery {recovery_id} does not exist; check the id (it starts with rec_), or it "
+            "was pruned"
+        )
+        self.recovery_id = recovery_id

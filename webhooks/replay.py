@@ -1,65 +1,64 @@
 """Replay: send events again, now, whatever their state.
 
-A replay is a row in the ``replays`` table, claimed and leased by the dispatcher like any
-delivery and sent by the same worker code, with trigger ``replay``: the same ``webhook-id``
-and body, a fresh timestamp and signature. A replay that succeeds settles its delivery as
-``succeeded``; one that fails changes neither its state nor its schedule.
+A replay is a row in the ``replays`` table, claimed and leased by the dispatcher through the
+same admission as scheduled work (`claims.claim_due`) and sent by the same worker code, with
+trigger ``replay``: the same ``webhook-id`` and body, a fresh timestamp and signature. A
+replay that succeeds settles its delivery as ``succeeded``; one that fails changes neither
+its state nor its schedule. A delivery has at most one replay pending or in flight (the
+unique index ``replays_live``): asking again while it is queued queues nothing more.
+
+The bulk form is a recovery of one endpoint (`webhooks.recovery`), carried out by the
+dispatchers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.endpoints import get_endpoint
 from webhooks.errors import EventNotFound, InvalidArgument
 from webhooks.models import DELIVERY_STATES
+from webhooks.modes import validate_mode
 from webhooks.outbox import REPLAYS_QUEUED, notify_dispatchers
+from webhooks.recovery import Recovery, RecoverySelection, count_selection, create_recovery
 from webhooks.settings import Settings
 
 REPLAY_STATUSES = DELIVERY_STATES
-BULK_BATCH_SIZE = 500
 
+# `queued`: replays this call added; `routed`: deliveries the event has (to that endpoint).
 # Deleted endpoints are left out: nothing more is sent to them.
 REPLAY_EVENT = """
-INSERT INTO {s}.replays (delivery_id, requested_at)
-SELECT d.id, :now FROM {s}.deliveries d
-JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.deleted_at IS NULL
-WHERE d.event_id = :event_id
-  AND (CAST(:endpoint_id AS text) IS NULL OR d.endpoint_id = :endpoint_id)
-"""
-
-# Keyset pagination over (created_at, id): each batch is its own short transaction, so a bulk
-# replay of a million deliveries never holds locks for long, and a progress bar can follow.
-BULK_PAGE = """
-SELECT d.id, d.created_at FROM {s}.deliveries d
-WHERE d.endpoint_id = :endpoint_id
-  AND d.created_at >= :since AND (CAST(:until AS timestamptz) IS NULL OR d.created_at < :until)
-  AND (CAST(:status AS text) IS NULL OR d.state = :status)
-  AND (d.created_at, d.id) > (:after_created, :after_id)
-ORDER BY d.created_at, d.id
-LIMIT :limit
-"""
-BULK_COUNT = """
-SELECT count(*) FROM {s}.deliveries d
-WHERE d.endpoint_id = :endpoint_id
-  AND d.created_at >= :since AND (CAST(:until AS timestamptz) IS NULL OR d.created_at < :until)
-  AND (CAST(:status AS text) IS NULL OR d.state = :status)
-"""
-QUEUE_REPLAYS = """
-INSERT INTO {s}.replays (delivery_id, requested_at)
-SELECT unnest(CAST(:ids AS text[])), :now
+WITH routed AS (
+    SELECT d.id FROM {s}.deliveries d
+    JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.deleted_at IS NULL
+    WHERE d.event_id = :event_id
+      AND (CAST(:endpoint_id AS text) IS NULL OR d.endpoint_id = :endpoint_id)
+), queued AS (
+    INSERT INTO {s}.replays (delivery_id, requested_at, due_at)
+    SELECT id, :now, :now FROM routed
+    ON CONFLICT (delivery_id) WHERE state IN ('pending', 'delivering') DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM routed) AS routed
 """
 
 
 @dataclass(frozen=True)
+class ReplayResult:
+    """How many deliveries a replay queued, and how many were already queued."""
+
+    queued: int
+    already_queued: int = 0
+
+
+@dataclass(frozen=True)
 class BulkReplay:
-    """Which deliveries of one endpoint a bulk replay covers."""
+    """Which deliveries of one endpoint a bulk replay covers (by their event's time)."""
 
     endpoint_id: str
     since: datetime
@@ -69,8 +68,8 @@ class BulkReplay:
 
 def replay_event(
     conn: Connection, settings: Settings, event_id: str, *, endpoint_id: str | None = None
-) -> int:
-    """Queue a replay of one event to all its endpoints, or one; return how many.
+) -> ReplayResult:
+    """Queue a replay of one event to all its endpoints, or one.
 
     Endpoints deleted since are skipped; naming one raises `EndpointDeleted`.
     """
@@ -81,75 +80,44 @@ def replay_event(
         raise EventNotFound(event_id)
     if endpoint_id is not None:
         get_endpoint(conn, settings, endpoint_id)
-    queued = conn.execute(
+    row = conn.execute(
         sql(REPLAY_EVENT, settings.db_schema),
         {"event_id": event_id, "endpoint_id": endpoint_id, "now": clock.now()},
-    ).rowcount
-    if endpoint_id is not None and not queued:
+    ).one()
+    if endpoint_id is not None and not row.routed:
         raise InvalidArgument(
             f"event {event_id} was never routed to endpoint {endpoint_id} (another project, a "
-            "filter that did not match, or an endpoint created later); nothing to replay"
+            "filter that did not match, or an endpoint created later); `webhooks recover "
+            "--endpoint EP --include-unrouted` sends it"
         )
-    if queued:
+    if row.queued:
         notify_dispatchers(conn, settings, REPLAYS_QUEUED)
-    return int(queued)
+    return ReplayResult(int(row.queued), int(row.routed - row.queued))
 
 
-def count_bulk(conn: Connection, settings: Settings, selection: BulkReplay) -> int:
-    """How many deliveries a bulk replay would queue."""
-    _check(selection)
-    get_endpoint(conn, settings, selection.endpoint_id)
-    return int(conn.execute(sql(BULK_COUNT, settings.db_schema), _params(selection)).scalar_one())
-
-
-def replay_bulk(
-    engine: Engine,
-    settings: Settings,
-    selection: BulkReplay,
-    *,
-    on_progress: Callable[[int], None] = lambda n: None,
-) -> int:
-    """Queue a replay of every selected delivery, batch by batch; return how many."""
-    total = 0
-    for ids in _pages(engine, settings, selection):
-        with engine.begin() as conn:
-            conn.execute(sql(QUEUE_REPLAYS, settings.db_schema), {"ids": ids, "now": clock.now()})
-            notify_dispatchers(conn, settings, REPLAYS_QUEUED)
-        total += len(ids)
-        on_progress(len(ids))
-    return total
-
-
-def _pages(engine: Engine, settings: Settings, selection: BulkReplay) -> Iterator[list[str]]:
-    params = {
-        **_params(selection),
-        "after_created": datetime.min.replace(tzinfo=selection.since.tzinfo),
-        "after_id": "",
-        "limit": BULK_BATCH_SIZE,
-    }
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(sql(BULK_PAGE, settings.db_schema), params).all()
-        if not rows:
-            return
-        yield [r.id for r in rows]
-        params["after_created"], params["after_id"] = rows[-1].created_at, rows[-1].id
-
-
-def _check(selection: BulkReplay) -> None:
-    if selection.status is not None and selection.status not in REPLAY_STATUSES:
+def bulk_selection(conn: Connection, settings: Settings, bulk: BulkReplay) -> RecoverySelection:
+    """The recovery a bulk replay is: that endpoint's project and mode, events until now."""
+    if bulk.status is not None and bulk.status not in REPLAY_STATUSES:
         raise InvalidArgument(
-            f"--status {selection.status!r} is not a delivery state; use one of "
+            f"--status {bulk.status!r} is not a delivery state; use one of "
             + ", ".join(REPLAY_STATUSES)
         )
-    if selection.until is not None and selection.until <= selection.since:
-        raise InvalidArgument("--until must be later than --since")
+    endpoint = get_endpoint(conn, settings, bulk.endpoint_id)
+    return RecoverySelection(
+        project_id=endpoint.project_id,
+        mode=validate_mode(endpoint.mode),
+        since=bulk.since,
+        until=bulk.until or clock.now(),
+        endpoint_id=endpoint.id,
+        delivery_state=bulk.status,
+    )
 
 
-def _params(selection: BulkReplay) -> dict[str, object]:
-    return {
-        "endpoint_id": selection.endpoint_id,
-        "since": selection.since,
-        "until": selection.until,
-        "status": selection.status,
-    }
+def count_bulk(conn: Connection, settings: Settings, bulk: BulkReplay) -> int:
+    """How many deliveries a bulk replay would queue."""
+    return count_selection(conn, settings, bulk_selection(conn, settings, bulk))
+
+
+def replay_bulk(conn: Connection, settings: Settings, bulk: BulkReplay) -> Recovery:
+    """Create the recovery of a bulk replay; the dispatchers queue and send it."""
+    return create_recovery(conn, settings, bulk_selection(conn, settings, bulk), clock.now())

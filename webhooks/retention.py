@@ -9,6 +9,9 @@ deleted whole batches and resumes by simply running again):
    may have hundreds of them, so they go first, ``batch_size`` rows at a time.
 2. **events** older than the cutoff, with their deliveries, replays and remaining attempts,
    ``batch_size`` events at a time.
+3. **recoveries** that finished (done or cancelled) before the cutoff, ``batch_size`` at a
+   time; a running recovery is never deleted, however old. Replays that remain keep their
+   outcome and lose only the link (``ON DELETE SET NULL``).
 
 Either phase deletes rows of an event only if the event is *settled*: every one of its
 deliveries is ``succeeded``, ``failed`` or ``cancelled`` and none has a ``pending`` or
@@ -120,6 +123,13 @@ DELETE_EVENT_DELIVERIES = (
     "DELETE FROM {s}.deliveries WHERE event_id = ANY (CAST(:event_ids AS text[]))"
 )
 DELETE_EVENTS = "DELETE FROM {s}.events WHERE id = ANY (CAST(:event_ids AS text[]))"
+FINISHED_RECOVERIES = """
+SELECT id FROM {s}.recoveries
+WHERE state <> 'running' AND finished_at < :cutoff
+ORDER BY finished_at, id
+LIMIT :limit
+"""
+DELETE_RECOVERIES = "DELETE FROM {s}.recoveries WHERE id = ANY (CAST(:ids AS text[]))"
 # Dry run: what phase 2 would delete. Attempts older than the cutoff are phase 1's count.
 COUNT_EVENT_ROWS = """
 SELECT
@@ -148,6 +158,7 @@ class PruneReport:
     events: int = 0
     deliveries: int = 0
     replays: int = 0
+    recoveries: int = 0
     batches: int = 0
     elapsed: timedelta = timedelta(0)
     longest_batch: timedelta = timedelta(0)
@@ -159,7 +170,8 @@ class PruneReport:
         verb = "would delete" if self.dry_run else "deleted"
         return (
             f"{verb} {self.attempts} attempts, {self.events} events, {self.deliveries} "
-            f"deliveries, {self.replays} replays older than {self.cutoff.isoformat()} in "
+            f"deliveries, {self.replays} replays, {self.recoveries} recoveries older than "
+            f"{self.cutoff.isoformat()} in "
             f"{self.batches} batches, {self.elapsed.total_seconds():.2f}s "
             f"(longest batch {self.longest_batch.total_seconds() * 1000:.0f} ms)"
         )
@@ -172,6 +184,7 @@ class PruneReport:
             "events": self.events,
             "deliveries": self.deliveries,
             "replays": self.replays,
+            "recoveries": self.recoveries,
             "batches": self.batches,
             "elapsed_seconds": round(self.elapsed.total_seconds(), 3),
             "longest_batch_seconds": round(self.longest_batch.total_seconds(), 3),
@@ -278,6 +291,28 @@ def prune(
             counts = _delete_events(conn, settings, sorted(settled), cutoff, dry_run=dry_run)
         after = (rows[-1].created_at, rows[-1].id)
         progress(t0, **counts)
+
+    report = replace(report, phase="recoveries")
+    seen: set[str] = set()  # a dry run deletes nothing: page past what it counted
+    while True:
+        t0 = time.monotonic()
+        with engine.begin() as conn:
+            conn.execute(sql(LOCK_TIMEOUT, settings.db_schema))
+            ids = [
+                row.id
+                for row in conn.execute(
+                    sql(FINISHED_RECOVERIES, settings.db_schema),
+                    {"cutoff": cutoff, "limit": batch_size + len(seen)},
+                )
+                if row.id not in seen
+            ]
+            if not ids:
+                break
+            if dry_run:
+                seen.update(ids)
+            else:
+                conn.execute(sql(DELETE_RECOVERIES, settings.db_schema), {"ids": ids})
+        progress(t0, recoveries=len(ids))
 
     return replace(report, phase="done", elapsed=timedelta(seconds=time.monotonic() - started))
 

@@ -176,6 +176,9 @@ class Settings:
     flower_basic_auth: str | None = None
     queue: str = "webhooks"
     dispatch_batch_size: int = 200
+    # Events a recovery looks at per batch (one short transaction each), and how many of its
+    # replays may wait to be sent before the next batch is queued.
+    recovery_batch_size: int = 500
     dispatch_poll_interval: timedelta = timedelta(seconds=1)
     notify: bool = True
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -239,6 +242,9 @@ class Settings:
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or None,
             queue=get("WEBHOOKS_QUEUE", "webhooks"),
             dispatch_batch_size=batch_size,
+            recovery_batch_size=parse_count(
+                get("WEBHOOKS_RECOVERY_BATCH", "500"), "WEBHOOKS_RECOVERY_BATCH"
+            ),
             dispatch_poll_interval=parse_positive_duration(
                 get("WEBHOOKS_DISPATCH_POLL", "1s"), name="WEBHOOKS_DISPATCH_POLL"
             ),

@@ -8,6 +8,12 @@ retry falls due, whichever is first, re-checks within 50 ms while due rows wait 
 their endpoint's cap, and polls at least every `WEBHOOKS_DISPATCH_POLL` in case a
 notification was missed. Any number of dispatchers may run: ``SKIP LOCKED`` hands each row
 to one of them.
+
+Recoveries are carried out here too: twice a second (at once when one is created), a tick
+first queues one batch of one running recovery, in its own short transaction
+(`recovery.advance_recoveries`), so whichever dispatcher is alive carries them on. Queued
+replays go through the same admission as scheduled work and take turns with it per
+endpoint; the dispatcher remembers, per endpoint, which kind went last.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from webhooks.database import create_engine
 from webhooks.endpoints import drop_retired_secrets
 from webhooks.heartbeats import beat, forget, new_dispatcher_id
 from webhooks.outbox import REPLAYS_QUEUED, channel
+from webhooks.recovery import RECOVERIES_CREATED, advance_recoveries
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
 
@@ -56,6 +63,11 @@ HEARTBEAT_EVERY = 5.0
 REAP_EVERY = 1.0
 # How often queued replays are looked for without a notification saying there are some.
 REPLAYS_EVERY = 1.0
+# How often running recoveries are looked at without a notification that one was created.
+RECOVERIES_EVERY = 0.5
+# Endpoints whose last turn (replay or scheduled) a dispatcher remembers; past this the memory
+# starts afresh (a forgotten endpoint starts with scheduled work, which is fair enough).
+TURNS_REMEMBERED = 10_000
 # How often secrets past their rotation grace are removed from endpoints (they sign nothing).
 DROP_RETIRED_SECRETS_EVERY = 60.0
 # How often held rows of enabled endpoints are looked for (SPEC: a held delivery is attempted
@@ -122,6 +134,8 @@ class Dispatcher:
         self._last_beat = float("-inf")
         self._last: dict[str, float] = {}
         self._replays_queued = False
+        self._recoveries_due = True
+        self._last_turn: dict[str, str] = {}
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick and return."""
@@ -130,25 +144,35 @@ class Dispatcher:
     def tick(self) -> TickResult:
         """Claim a batch and send its messages.
 
-        In the same transaction: now and then (the ``*_EVERY`` above) reap expired leases
-        and look for queued replays (at once when a notification said some were queued);
-        when the batch was not full, read when the earliest pending delivery is due, for
-        `run` to know how long it may sleep.
+        First, in its own transaction, the next batch of a running recovery if one may be
+        due. Then in one transaction: now and then (the ``*_EVERY`` above) reap expired
+        leases, and look for queued replays (at once when a notification said some were
+        queued, or the last batch left some); when the batch was not full, read when the
+        earliest pending delivery or replay is due, for `run` to know how long it may sleep.
         """
         now = clock.now()
         reaped = Reaped([], 0)
         limit = self.settings.dispatch_batch_size
+        if self._every("recoveries", RECOVERIES_EVERY) or self._recoveries_due:
+            # One batch per tick while a recovery has more to queue.
+            self._recoveries_due = advance_recoveries(self.engine, self.settings, now) > 0
+            self._replays_queued |= self._recoveries_due
         with self.engine.begin() as conn:
             if self._every("reap", REAP_EVERY):
                 reaped = reap_expired_leases(conn, self.settings, now)
             if self._every("release_held", RELEASE_HELD_EVERY):
                 release_held(conn, self.settings, now)
             replays = self._every("replays", REPLAYS_EVERY) or self._replays_queued
-            self._replays_queued = False
-            batch = claim_due(conn, self.settings, now, limit, replays=replays)
+            batch = claim_due(
+                conn, self.settings, now, limit, replays=replays, last_turn=self._last_turn
+            )
+            self._replays_queued = batch.replays_left
             next_due = None
             if len(batch.claims) < limit:
                 next_due = next_due_at(conn, self.settings)
+        if len(self._last_turn) > TURNS_REMEMBERED:
+            self._last_turn.clear()
+        self._last_turn.update(batch.last_turn)
         if reaped.count:
             self._report(reaped)
         metrics.CLAIMED.inc(len(batch.claims))
@@ -213,7 +237,7 @@ class Dispatcher:
                 if result.claimed >= self.settings.dispatch_batch_size:
                     continue  # more is due right now
                 wait = self._seconds_until(result.next_due)
-                if result.waiting or wait == 0.0:
+                if result.waiting or wait == 0.0 or self._recoveries_due:
                     # Rows are due but were not claimed: their endpoints are at their cap.
                     # Slots free up as attempts finish, and nothing notifies us of that.
                     wait = CAPACITY_RECHECK.total_seconds()
@@ -271,6 +295,8 @@ class Dispatcher:
     def _note(self, notification: psycopg.Notify) -> None:
         if notification.payload == REPLAYS_QUEUED:
             self._replays_queued = True
+        elif notification.payload == RECOVERIES_CREATED:
+            self._recoveries_due = True
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:

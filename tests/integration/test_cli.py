@@ -290,13 +290,13 @@ def test_bulk_replay_of_failed_deliveries_with_dry_run_and_progress(
     receiver.script(path, [200])
     result = run(env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status", "failed")
     assert result.returncode == 0, result.stderr
-    assert "queued 3 deliveries" in result.stdout
-    assert "queueing replays" in result.stderr
+    assert "queued 3 deliveries for replay as recovery rec_" in result.stdout
     for event_id in events:
         wait_for_state(engine, settings, event_id, "succeeded")
-    assert ok(
+    again = ok(
         env, "replay", "--endpoint", endpoint["id"], "--since", "1h", "--status", "failed", "--json"
-    ) == {"queued": 0}
+    )
+    assert again["queued"] == 0 and again["recovery"].startswith("rec_")
 
 
 @pytest.mark.usefixtures("stack")

@@ -71,5 +71,5 @@ def test_a_queued_replay_says_so(
     event_id = publish_one(engine, settings, project)
     assert received(listener) == [""]
     with engine.begin() as conn:
-        assert replay_event(conn, settings, event_id) == 1
+        assert replay_event(conn, settings, event_id).queued == 1
     assert received(listener) == [REPLAYS_QUEUED]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from webhooks.admission import Candidate, IsolationPolicy, RateLimit, admit
+from webhooks.admission import (
+    Candidate,
+    IsolationPolicy,
+    RateLimit,
+    admit,
+    batch_quota,
+    take_turns,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 POLICY = IsolationPolicy(concurrency=2, breaker_threshold=3)
@@ -110,3 +117,44 @@ def test_a_rate_limit_slot_past_the_window_expires_the_delivery() -> None:
     assert decision.expire == ("slow",)
     assert decision.defer == {}
     assert decision.claim == ()
+
+
+# -- replays and scheduled work take turns -----------------------------------------------------
+
+
+def replays(endpoint: str, n: int, start: int = 0) -> list[Candidate]:
+    return [Candidate(f"{endpoint}-r{i}", endpoint, 0, None, replay_id=start + i) for i in range(n)]
+
+
+def test_a_class_gets_at_most_half_a_batch_while_the_other_has_work_left() -> None:
+    assert batch_quota(10, scheduled=50, replays=300) == {"scheduled": 5, "replay": 5}
+    # What one kind leaves unused goes to the other: a batch is never held back for nothing.
+    assert batch_quota(10, scheduled=2, replays=300) == {"scheduled": 5, "replay": 8}
+    assert batch_quota(10, scheduled=40, replays=0) == {"scheduled": 10, "replay": 5}
+
+
+def test_replays_and_scheduled_rows_alternate_at_each_endpoint() -> None:
+    ordered = take_turns(rows("a", 2), replays("a", 3))
+    assert [c.key for c in ordered] == ["a-0", "replay:0", "a-1", "replay:1", "replay:2"]
+    # The kind that did not go last at an endpoint starts there.
+    ordered = take_turns(rows("a", 2), replays("a", 1), {"a": "scheduled"})
+    assert [c.key for c in ordered][:2] == ["replay:0", "a-0"]
+
+
+def test_a_bulk_replay_cannot_take_a_batch_or_an_endpoints_slots_from_scheduled_work() -> None:
+    scheduled = rows("slow", 3) + rows("ok", 2) + rows("ok2", 2)
+    queued = replays("slow", 100) + replays("more", 2, start=100) + replays("most", 2, start=200)
+    quota = batch_quota(10, len(scheduled), len(queued))
+    decision = admit(take_turns(scheduled, queued), {}, POLICY, NOW, quota=quota)
+    claimed = decision.claim
+    assert sum(k.startswith("replay:") for k in claimed) == 5
+    assert {"ok-0", "ok-1", "ok2-0", "ok2-1"} <= set(claimed)
+    # The slow endpoint's two slots: one scheduled row, one replay.
+    assert {"slow-0", "replay:0"} <= set(claimed)
+    assert not {"slow-1", "replay:1"} & set(claimed)
+
+
+def test_replays_count_against_the_cap_and_wait_like_scheduled_rows() -> None:
+    decision = admit(replays("a", 3), {"a": 1}, POLICY, NOW)
+    assert decision.claim == ("replay:0",)
+    assert decision.waiting == 2

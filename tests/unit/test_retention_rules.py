@@ -25,12 +25,14 @@ def test_a_report_summarises_counts_and_times() -> None:
         events=10_100,
         deliveries=10_100,
         replays=1_000,
+        recoveries=3,
         batches=24,
         elapsed=timedelta(seconds=4.5),
         longest_batch=timedelta(milliseconds=393),
     )
     assert report.summary() == (
-        "deleted 100200 attempts, 10100 events, 10100 deliveries, 1000 replays older than "
+        "deleted 100200 attempts, 10100 events, 10100 deliveries, 1000 replays, 3 recoveries "
+        "older than "
         "2026-10-29T00:00:00+00:00 in 24 batches, 4.50s (longest batch 393 ms)"
     )
     assert report.as_dict()["cutoff"] == "2026-10-29T00:00:00Z"
