@@ -439,15 +439,7 @@ def update_endpoint(
     if not values:
         raise InvalidArgument("nothing to change: give a new URL, event types or description")
     now = clock.now()
-    old_url = conn.execute(
-        sql(
-            "SELECT url FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL FOR UPDATE",
-            settings.db_schema,
-        ),
-        {"id": endpoint_id},
-    ).scalar_one_or_none()
-    if old_url is None:
-        _missing(conn, settings, endpoint_id)
+    old_url = _lock_live(conn, settings, endpoint_id, "url")
     assignments = ", ".join(f"{column} = :{column}" for column in _UPDATABLE if column in values)
     row = conn.execute(
         sql(
@@ -521,15 +513,7 @@ def rotate_secret(
 ) -> tuple[Endpoint, str]:
     """Give an endpoint a new secret; older ones keep signing for ``grace``, then stop."""
     now = clock.now()
-    stored = conn.execute(
-        sql(
-            "SELECT secrets FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL FOR UPDATE",
-            settings.db_schema,
-        ),
-        {"id": endpoint_id},
-    ).scalar_one_or_none()
-    if stored is None:
-        _missing(conn, settings, endpoint_id)
+    stored = _lock_live(conn, settings, endpoint_id, "secrets")
     expires = (now + grace).isoformat()
     kept = [
         {"secret": item["secret"], "expires_at": min(item["expires_at"] or expires, expires)}
@@ -638,6 +622,21 @@ def drop_retired_secrets(conn: Connection, settings: Settings, now: datetime) ->
     They no longer sign anything; keeping them would only keep an old secret at rest.
     """
     return int(conn.execute(sql(DROP_RETIRED, settings.db_schema), {"now": now}).rowcount)
+
+
+def _lock_live(conn: Connection, settings: Settings, endpoint_id: str, column: str) -> Any:
+    """Lock a live (not deleted) endpoint's row for this transaction and read one column."""
+    value = conn.execute(
+        sql(
+            f"SELECT {column} FROM {{s}}.endpoints "
+            "WHERE id = :id AND deleted_at IS NULL FOR UPDATE",
+            settings.db_schema,
+        ),
+        {"id": endpoint_id},
+    ).scalar_one_or_none()
+    if value is None:
+        _missing(conn, settings, endpoint_id)
+    return value
 
 
 def _missing(conn: Connection, settings: Settings, endpoint_id: str) -> NoReturn:
