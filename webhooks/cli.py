@@ -1189,6 +1189,39 @@ def dispatcher_command(ctx: Context) -> None:
     run_dispatcher(ctx.settings)
 
 
+@cli.command("api")
+@click.option(
+    "--host",
+    default="0.0.0.0",  # noqa: S104  a server process: every interface, as flower listens
+    show_default=True,
+    help="Address to listen on.",
+)
+@click.option("--port", type=int, default=None, help="Port (default: $PORT, else 8000).")
+@pass_context
+def api_command(ctx: Context, host: str, port: int | None) -> None:
+    """Serve the HTTP API (OpenAPI at /v1/openapi.json)."""
+    import os
+
+    import uvicorn
+
+    from webhooks.api import create_app
+    from webhooks.logs import configure_logging
+
+    configure_logging(json_format=ctx.settings.log_format == "json")
+    if port is None:
+        port = int(os.environ.get("PORT") or 8000)
+    # Access logs are off: a request line may carry a cursor or an id, never a key, but the
+    # metrics and our own logs say what matters without a line per request.
+    uvicorn.run(
+        create_app(ctx.settings),
+        host=host,
+        port=port,
+        access_log=False,
+        proxy_headers=False,
+        log_level="info",
+    )
+
+
 @cli.command("dev")
 @click.option("--data-dir", default=".dev", show_default=True, help="Where embedded data lives.")
 @click.option("--flower-port", default=5555, show_default=True, help="Flower's port.")

@@ -62,7 +62,8 @@ def upgrade() -> None:
     )
     op.execute(f"""
     CREATE TABLE IF NOT EXISTS "{s}".api_rate_limits (
-        key_id       text PRIMARY KEY REFERENCES "{s}".api_keys (id) ON DELETE CASCADE,
+        -- Not a reference: with the Cloud API's own key lookup, its keys are not ours.
+        key_id       text PRIMARY KEY,
         window_start timestamptz NOT NULL,
         count        integer NOT NULL
     )""")
