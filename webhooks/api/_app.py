@@ -7,7 +7,8 @@ in its own application with its own key lookup.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -71,7 +72,14 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
     state = ApiState(
         settings=settings, engine=engine, lookup=key_lookup or key_table_lookup(engine, settings)
     )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Cloud API webhooks",
         version=__version__,
         description=DESCRIPTION,
