@@ -45,6 +45,15 @@ from webhooks.history import (
     list_attempts,
     list_deliveries,
 )
+from webhooks.keys import (
+    SCOPES,
+    ApiKey,
+    create_key,
+    list_keys,
+    revoke_key,
+    rotate_key,
+)
+from webhooks.keys import parse_networks as parse_key_networks
 from webhooks.models import DELIVERY_STATES, Attempt, Endpoint, rfc3339
 from webhooks.modes import MODES, validate_mode
 from webhooks.outbox import publish_event
@@ -1051,6 +1060,121 @@ def stats_command(ctx: Context, top: int, as_json: bool) -> None:
         click.echo(format_stats(stats))
 
 
+# -- API keys ----------------------------------------------------------------------------------
+
+
+@cli.group("key")
+def key_group() -> None:
+    """API keys for the HTTP API: create, list, rotate, revoke."""
+
+
+def show_new_key(api_key: ApiKey, key: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "id": api_key.id,
+                "key": key,
+                "project_id": api_key.project_id,
+                "mode": api_key.mode,
+                "scope": api_key.scope,
+                "expires_at": rfc3339(api_key.expires_at),
+                "allowed_networks": [str(n) for n in api_key.allowed_networks],
+            }
+        )
+        return
+    click.echo(f"{api_key.id}  {api_key.project_id}  {api_key.mode}  {api_key.scope}")
+    click.echo(key)
+    click.echo("This key is shown once: store it now (only its hash is kept).", err=True)
+
+
+@key_group.command("create")
+@click.option("--project", "project_id", required=True, help="Project id (proj_…).")
+@click.option("--mode", type=click.Choice(MODES), required=True, help="sk_live_ or sk_test_ key.")
+@click.option("--scope", type=click.Choice(SCOPES), default="write", show_default=True)
+@click.option("--allow-ip", "allow_ip", default="", help="Comma-separated CIDRs it works from.")
+@click.option("--expires-in", default=None, help="Stop working after this long, e.g. 90d.")
+@json_option
+@pass_context
+def key_create(
+    ctx: Context,
+    project_id: str,
+    mode: str,
+    scope: str,
+    allow_ip: str,
+    expires_in: str | None,
+    as_json: bool,
+) -> None:
+    """Create an API key for one project and mode; the key is printed once."""
+    networks = parse_key_networks(allow_ip.split(","))
+    expiry = parse_duration(expires_in, name="--expires-in") if expires_in else None
+    with ctx.transaction() as conn:
+        api_key, key = create_key(
+            conn,
+            ctx.settings.db_schema,
+            project_id=project_id,
+            mode=mode,
+            scope=scope,
+            allowed_networks=networks,
+            expires_in=expiry,
+        )
+    show_new_key(api_key, key, as_json)
+
+
+@key_group.command("list")
+@click.option("--project", "project_id", default=None, help="Only this project's keys.")
+@mode_option(None, "Only live or only test keys (default: both).")
+@json_option
+@pass_context
+def key_list(ctx: Context, project_id: str | None, mode: str | None, as_json: bool) -> None:
+    """List API keys (never the keys themselves: only their last four characters)."""
+    with ctx.transaction() as conn:
+        keys = list_keys(conn, ctx.settings.db_schema, project_id=project_id, mode=mode)
+    if as_json:
+        emit_json([k.to_json() for k in keys])
+        return
+    now = clock.now()
+    emit_table(
+        ("id", "project", "mode", "scope", "key", "state", "expires", "last used"),
+        [
+            (
+                k.id,
+                k.project_id,
+                k.mode,
+                k.scope,
+                f"…{k.last4}",
+                "revoked" if k.revoked_at else ("active" if k.is_usable(now) else "expired"),
+                rfc3339(k.expires_at),
+                rfc3339(k.last_used_at),
+            )
+            for k in keys
+        ],
+    )
+
+
+@key_group.command("rotate")
+@click.argument("key_id")
+@click.option("--grace", default="24h", show_default=True, help="How long the old key works.")
+@json_option
+@pass_context
+def key_rotate(ctx: Context, key_id: str, grace: str, as_json: bool) -> None:
+    """Replace a key with a new one (printed once); the old one works for the grace period."""
+    with ctx.transaction() as conn:
+        api_key, key = rotate_key(
+            conn, ctx.settings.db_schema, key_id, grace=parse_duration(grace, name="--grace")
+        )
+    show_new_key(api_key, key, as_json)
+
+
+@key_group.command("revoke")
+@click.argument("key_id")
+@pass_context
+def key_revoke(ctx: Context, key_id: str) -> None:
+    """Revoke a key at once: requests with it are answered 401."""
+    with ctx.transaction() as conn:
+        api_key = revoke_key(conn, ctx.settings.db_schema, key_id)
+    click.echo(f"revoked {api_key.id}")
+
+
 # -- processes ---------------------------------------------------------------------------------
 
 
@@ -1063,6 +1187,39 @@ def dispatcher_command(ctx: Context) -> None:
 
     configure_logging(json_format=ctx.settings.log_format == "json")
     run_dispatcher(ctx.settings)
+
+
+@cli.command("api")
+@click.option(
+    "--host",
+    default="0.0.0.0",  # noqa: S104  a server process: every interface, as flower listens
+    show_default=True,
+    help="Address to listen on.",
+)
+@click.option("--port", type=int, default=None, help="Port (default: $PORT, else 8000).")
+@pass_context
+def api_command(ctx: Context, host: str, port: int | None) -> None:
+    """Serve the HTTP API (OpenAPI at /v1/openapi.json)."""
+    import os
+
+    import uvicorn
+
+    from webhooks.api import create_app
+    from webhooks.logs import configure_logging
+
+    configure_logging(json_format=ctx.settings.log_format == "json")
+    if port is None:
+        port = int(os.environ.get("PORT") or 8000)
+    # Access logs are off: a request line may carry a cursor or an id, never a key, but the
+    # metrics and our own logs say what matters without a line per request.
+    uvicorn.run(
+        create_app(ctx.settings),
+        host=host,
+        port=port,
+        access_log=False,
+        proxy_headers=False,
+        log_level="info",
+    )
 
 
 @cli.command("dev")

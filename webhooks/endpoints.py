@@ -59,7 +59,7 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-_COLUMNS = (
+ENDPOINT_COLUMNS = _COLUMNS = (
     "id, project_id, mode, url, event_types, enabled, disabled_reason, created_at, updated_at, "
     "rate_limit, failing_since, failing_reason, description, deleted_at"
 )
@@ -258,7 +258,7 @@ def add_endpoint(
             "now": now,
         },
     ).one()
-    return _endpoint(row), secret
+    return endpoint_from_row(row), secret
 
 
 def get_endpoint(
@@ -279,7 +279,7 @@ def get_endpoint(
         raise EndpointNotFound(endpoint_id)
     if row.deleted_at is not None and not include_deleted:
         raise EndpointDeleted(endpoint_id)
-    return _endpoint(row)
+    return endpoint_from_row(row)
 
 
 def signing_secrets(
@@ -321,7 +321,7 @@ def list_endpoints(
         ),
         {"project_id": project_id, "mode": validate_optional_mode(mode)},
     )
-    return [_endpoint(r) for r in rows]
+    return [endpoint_from_row(r) for r in rows]
 
 
 def disable_endpoint(
@@ -350,7 +350,7 @@ def disable_endpoint(
         ),
         {"id": endpoint_id, "now": now},
     )
-    return _endpoint(row)
+    return endpoint_from_row(row)
 
 
 def enable_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endpoint:
@@ -376,7 +376,7 @@ def enable_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> E
     ).rowcount
     if released:
         notify_dispatchers(conn, settings)
-    return _endpoint(row)
+    return endpoint_from_row(row)
 
 
 # What `update_endpoint` may change, column by column. Mode and project are not among them:
@@ -455,7 +455,7 @@ def update_endpoint(
         ).rowcount
         if moved:
             notify_dispatchers(conn, settings)
-    return _endpoint(row)
+    return endpoint_from_row(row)
 
 
 def delete_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> Endpoint:
@@ -482,7 +482,7 @@ def delete_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> E
     params = {"id": endpoint_id, "now": now}
     conn.execute(sql(CANCEL_ENDPOINT_DELIVERIES, settings.db_schema), params)
     conn.execute(sql(CLOSE_ENDPOINT_REPLAYS, settings.db_schema), params)
-    return _endpoint(row)
+    return endpoint_from_row(row)
 
 
 def set_rate_limit(
@@ -501,7 +501,7 @@ def set_rate_limit(
     ).one_or_none()
     if row is None:
         _missing(conn, settings, endpoint_id)
-    return _endpoint(row)
+    return endpoint_from_row(row)
 
 
 def rotate_secret(
@@ -535,7 +535,7 @@ def rotate_secret(
             "now": now,
         },
     ).one()
-    return _endpoint(row), secret
+    return endpoint_from_row(row), secret
 
 
 @dataclass(frozen=True)
@@ -645,7 +645,8 @@ def _missing(conn: Connection, settings: Settings, endpoint_id: str) -> NoReturn
     raise EndpointDeleted(endpoint_id)
 
 
-def _endpoint(row: Any) -> Endpoint:
+def endpoint_from_row(row: Any) -> Endpoint:
+    """An `Endpoint` from a row of `ENDPOINT_COLUMNS`."""
     return Endpoint(
         id=row.id,
         project_id=row.project_id,

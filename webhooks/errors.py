@@ -16,7 +16,9 @@ the id or value involved and says what to do.
     ├── EndpointNotFound          (LookupError)
     │   └── EndpointDeleted       it existed, and was deleted: nothing more can go to it
     ├── EventNotFound             (LookupError)
-    └── RecoveryNotFound          (LookupError)
+    ├── RecoveryNotFound          (LookupError)
+    ├── ApiKeyNotFound            (LookupError) no API key has the given id
+    └── InvalidApiKey             a presented API key is unknown, expired or revoked
 """
 
 from __future__ import annotations
@@ -98,3 +100,22 @@ class RecoveryNotFound(WebhookError, LookupError):
             "was pruned"
         )
         self.recovery_id = recovery_id
+
+
+class ApiKeyNotFound(WebhookError, LookupError):
+    """No API key has the given id."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(
+            f"API key {key_id} does not exist; `webhooks key list` shows the known ones"
+        )
+        self.key_id = key_id
+
+
+class InvalidApiKey(WebhookError):
+    """A presented API key is unknown, expired or revoked (``reason`` says which, for logs;
+    callers of the API are told only that the key is not valid)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the API key is {reason}")
+        self.reason = reason

@@ -99,6 +99,11 @@ class Attempt:
     error_kind: str | None
     error_message: str | None
     response_body: str | None
+    # Read by the faces customers use (`webhooks.pages`); the CLI's shape does not show them.
+    id: int | None = None
+    event_id: str | None = None
+    request_headers: dict[str, Any] | None = None
+    response_headers: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `attempts --json` element shape."""

@@ -106,6 +106,27 @@ def parse_choice(text: str, choices: tuple[str, ...], name: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` per ``period`` (``WEBHOOKS_API_RATE_LIMIT``, e.g. ``1000/m``)."""
+
+    requests: int
+    period: timedelta
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
+
+
+def parse_rate_limit(text: str, *, name: str = "WEBHOOKS_API_RATE_LIMIT") -> RateLimit:
+    """Parse ``"1000/m"`` (also ``/s`` and ``/h``)."""
+    match = _RATE.match(text)
+    if not match or int(match.group(1)) < 1:
+        raise ConfigurationError(
+            f"{name}={text!r} is not a rate; write requests per s, m or h, e.g. 1000/m"
+        )
+    return RateLimit(int(match.group(1)), timedelta(seconds=_UNIT_SECONDS[match.group(2)]))
+
+
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel the dispatchers of ``schema`` wait on."""
     return f"{schema}_due"
@@ -188,6 +209,11 @@ class Settings:
     breaker_cooldown: timedelta = timedelta(seconds=30)
     log_format: str = "text"
     metrics_port: int | None = None
+    # The HTTP API: requests per live key, plain HTTP only in development or behind a proxy
+    # that says the client used https.
+    api_rate_limit: RateLimit = RateLimit(1000, timedelta(minutes=1))
+    api_allow_http: bool = False
+    api_trusted_proxies: tuple[IPNetwork, ...] = ()
     # Set by `webhooks dev` for its children: development defaults, and quiet about them.
     is_dev: bool = False
 
@@ -271,4 +297,11 @@ class Settings:
                 get("WEBHOOKS_LOG_FORMAT", "text"), ("text", "json"), "WEBHOOKS_LOG_FORMAT"
             ),
             is_dev=parse_bool(env.get("WEBHOOKS_DEV", ""), name="WEBHOOKS_DEV"),
+            api_rate_limit=parse_rate_limit(get("WEBHOOKS_API_RATE_LIMIT", "1000/m")),
+            api_allow_http=parse_bool(
+                env.get("WEBHOOKS_API_ALLOW_HTTP", ""), name="WEBHOOKS_API_ALLOW_HTTP"
+            ),
+            api_trusted_proxies=parse_networks(
+                env.get("WEBHOOKS_API_TRUSTED_PROXIES", ""), name="WEBHOOKS_API_TRUSTED_PROXIES"
+            ),
         )

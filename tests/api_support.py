@@ -1,0 +1,80 @@
+"""Helpers for the HTTP API's tests: keys made in the database, and `webhooks api` served by
+real uvicorn in a subprocess (the port it chose read from its log)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from sqlalchemy.engine import Engine
+
+from tests.polling import wait_for
+from tests.processes import BIN
+from webhooks.keys import create_key, parse_networks
+from webhooks.settings import Settings
+
+
+def new_key(
+    engine: Engine,
+    settings: Settings,
+    project: str,
+    mode: str = "live",
+    *,
+    scope: str = "write",
+    allow_ip: tuple[str, ...] = (),
+    expires_in: timedelta | None = None,
+) -> str:
+    """Create an API key; return the key itself."""
+    with engine.begin() as conn:
+        _, key = create_key(
+            conn,
+            settings.db_schema,
+            project_id=project,
+            mode=mode,
+            scope=scope,
+            allowed_networks=parse_networks(allow_ip),
+            expires_in=expires_in,
+        )
+    return key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+@contextmanager
+def served_api(env: dict[str, str], logdir: Path) -> Iterator[str]:
+    """`webhooks api --host 127.0.0.1 --port 0` as an operator starts it; yields its base URL."""
+    log = logdir / "api.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(BIN / "webhooks"), "api", "--host", "127.0.0.1", "--port", "0"],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        port = wait_for(
+            lambda: (m := _LISTENING.search(log.read_text())) and m.group(1),
+            timeout=30,
+            what=f"webhooks api to listen (log: {log})",
+        )
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/v1/openapi.json", timeout=5).status_code == 200
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

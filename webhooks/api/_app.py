@@ -1,0 +1,187 @@
+"""The ASGI application: FastAPI, the routes, the guard in front of them, errors as JSON.
+
+`create_app` builds it; `webhooks api` serves it with uvicorn, and the Cloud API may mount it
+in its own application with its own key lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from webhooks import __version__, clock
+from webhooks.api._auth import KeyLookup, admit, count_request, key_table_lookup
+from webhooks.api._errors import ApiError, invalid
+from webhooks.api._handling import ApiState
+from webhooks.api._routes import router
+from webhooks.database import create_engine
+from webhooks.errors import DatabaseUnavailable
+from webhooks.settings import Settings
+
+log = logging.getLogger("webhooks.api")
+
+OPENAPI_URL = "/v1/openapi.json"
+# Served without a key: the document that says how to call the rest.
+PUBLIC_PATHS = frozenset({OPENAPI_URL})
+# On every answer: JSON is data, never something to sniff, render or keep in a cache.
+ALWAYS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+DESCRIPTION = """Webhook endpoints, events, deliveries, attempts, replays and recoveries of one
+project in one mode, in the Cloud API's conventions: `Authorization: Bearer sk_live_…` (or
+`sk_test_…`: a key sees only its project and mode), JSON in and out, cursor pagination
+(`limit` 1 to 100, `cursor`; answers `{"data", "next_cursor", "has_more"}`, newest first),
+filters as query parameters, `Idempotency-Key` on POSTs, and errors as
+`{"error": {"type", "message", "param"}}`. Live keys get `X-RateLimit-Limit`,
+`X-RateLimit-Remaining` and `X-RateLimit-Reset` on every answer, and 429 with `Retry-After`
+past the limit."""
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    first = exc.errors()[0] if exc.errors() else {}
+    location = [str(part) for part in first.get("loc", ())]
+    where = location[0] if location else ""
+    param = ".".join(location[1:]) or None
+    if where == "body" and not param:
+        param = "body"
+    message = str(first.get("msg", "invalid request"))
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field; see the OpenAPI document (/v1/openapi.json) for the fields"
+    elif first.get("type") == "json_invalid":
+        message, param = "the body is not valid JSON", "body"
+    return invalid(f"{param or where}: {message}", param=param)
+
+
+def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None = None) -> FastAPI:
+    """The HTTP API as an ASGI application.
+
+    Args:
+        settings: defaults to `Settings.from_env()`.
+        key_lookup: from a bearer token to its `Identity` (key id, project, mode, scope and
+            allowed networks), or None when the token is no usable key. The Cloud API passes
+            its own to use its keys; by default, ours (`webhooks key create`).
+    """
+    settings = settings or Settings.from_env()
+    engine = create_engine(settings, pool_size=10)
+    state = ApiState(
+        settings=settings, engine=engine, lookup=key_lookup or key_table_lookup(engine, settings)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="Cloud API webhooks",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url=OPENAPI_URL,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.webhooks = state
+    app.include_router(router)
+    _add_security_scheme(app)
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        extra: dict[str, str] = {}
+        if request.url.path not in PUBLIC_PATHS:
+            try:
+                identity = await run_in_threadpool(
+                    admit,
+                    settings,
+                    state.lookup,
+                    scheme=request.url.scheme,
+                    peer=request.client.host if request.client else None,
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                )
+                extra = await run_in_threadpool(
+                    count_request, engine, settings, identity, clock.now()
+                )
+            except ApiError as exc:
+                return _with(exc.response(), ALWAYS)
+            except DatabaseUnavailable:
+                log.exception("api_database_unavailable")
+                return _with(_server_error(503), ALWAYS)
+            request.state.identity = identity
+        response = await call_next(request)
+        return _with(response, {**ALWAYS, **extra})
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return ApiError(404, "not_found", f"no route {request.url.path}").response()
+        if exc.status_code == 405:
+            return ApiError(
+                405, "invalid_request", f"{request.method} is not allowed on {request.url.path}"
+            ).response()
+        return ApiError(exc.status_code, "invalid_request", str(exc.detail)).response()
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_error(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        log.error("api_database_unavailable: %s", exc)
+        return _server_error(503)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("api_unexpected_error path=%s", request.url.path)
+        return _server_error(500)
+
+    return app
+
+
+def _server_error(status: int) -> JSONResponse:
+    message = (
+        "the service is unavailable for a moment; retry with exponential backoff"
+        if status == 503
+        else "an error on our side; retry with exponential backoff"
+    )
+    return ApiError(status, "server", message).response()
+
+
+def _with(response: Response, headers: dict[str, str]) -> Response:
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _add_security_scheme(app: FastAPI) -> None:
+    """Document the bearer key on every route but the document itself."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {})
+        components["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key, sk_live_… or sk_test_… (`webhooks key create`).",
+            }
+        }
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
