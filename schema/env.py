@@ -1,6 +1,6 @@
 """Alembic environment: migrations run inside the webhooks schema, with its own version table.
 
-The connection and the schema name are handed over by `webhooks.migrations.migrate` through
+The connection and the schema name are handed over by `webhooks.database.migrate` through
 ``config.attributes``; there is no alembic.ini, so the schema name is never read from a file
 that could disagree with `WEBHOOKS_DB_SCHEMA`.
 """

@@ -1,6 +1,6 @@
 """Which due deliveries may start now: per-endpoint isolation, decided without I/O.
 
-A slow or dead endpoint must not starve the healthy ones of worker threads. Two rules,
+A slow or dead endpoint must not starve the healthy ones of worker threads. Three rules,
 applied by the dispatcher to each batch of due rows (oldest first):
 
 - **Concurrency cap.** At most `WEBHOOKS_ENDPOINT_CONCURRENCY` attempts per endpoint are in
@@ -9,7 +9,6 @@ applied by the dispatcher to each batch of due rows (oldest first):
   response at all (timeout, connect, dns, tls), the endpoint's breaker is open for
   `WEBHOOKS_BREAKER_COOLDOWN`: nothing is sent to it. Then it is half-open: one probe at a
   time, until a response closes it or a failure opens it again.
-
 - **Rate limit** (optional, per endpoint, requests per second). Send slots are handed out
   from the endpoint's ``next_send_at`` under its row lock, as a token bucket holding at most
   one second of requests, so the limit holds across every dispatcher and worker. A row over

@@ -4,8 +4,11 @@ Postgres is the only source of truth for what is due. The dispatcher *claims* du
 (``FOR UPDATE SKIP LOCKED``, so several dispatchers never take the same row), stamping each
 with a fresh claim token and a lease. The Celery message only carries ids and the token: if it
 is lost (broker flushed, worker killed) the lease runs out and the row is claimed again. A
-worker renews the lease when it starts and records the result only under its token, so a stale
-message can never overwrite a newer claim.
+worker starts only while the lease still covers the deadline and half the rest (renewing it
+first otherwise, as when the message waited long in the broker), and moves the delivery only
+under its token: a stale message never reschedules a newer claim. Its attempt is stored
+whatever happened meanwhile, and a 2xx settles the delivery whoever sent it (the receiver
+has the event). Replays are claimed through the same per-endpoint admission.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A filter is an exact type (``deployment.succeeded``) or ``prefix.*``, which matches every type
 that starts with ``prefix.`` (``deployment.*`` matches ``deployment.build.failed``). An empty
 filter list matches everything. The same rule is written once more in SQL, in
-`outbox.FAN_OUT`, so fan-out happens inside the publishing transaction.
+`outbox.PUBLISH` (and `recovery`), so fan-out happens inside the publishing transaction;
+tests/integration/test_modes.py proves the two agree on random histories.
 """
 
 from __future__ import annotations

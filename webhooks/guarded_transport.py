@@ -8,7 +8,7 @@ both promises of `webhooks.delivery` are kept:
   the very address that was checked. A second lookup (what `socket.create_connection` would
   do) could be answered differently by a hostile DNS server: DNS rebinding.
 * Total deadline. httpcore timeouts are per operation, so a body that trickles one byte
-  per second never trips them. `attemptattempt_deadline` holds the current attempt's deadline, and
+  per second never trips them. `attempt_deadline` holds the current attempt's deadline, and
   every socket operation (DNS, connect, TLS handshake, each send and recv) is given at most
   the time that remains. DNS runs in a small thread pool because getaddrinfo has no
   timeout: at the deadline the lookup is abandoned, not waited for.
@@ -38,7 +38,7 @@ from webhooks.addresses import IPNetwork, blocked_reason, literal_ip
 # connections can serve many attempts at once, each with its own deadline; a keep-alive
 # connection opened by one attempt obeys the deadline of whichever attempt uses it now.
 attempt_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "webhooks_deliveryattempt_deadline", default=None
+    "webhooks_attempt_deadline", default=None
 )
 
 

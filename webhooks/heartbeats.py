@@ -4,7 +4,8 @@
 nothing moves due deliveries to the broker, whatever the workers are doing. Rows are keyed by
 a per-process id (`new_dispatcher_id`), so several dispatchers on several machines each keep
 their own row; a dispatcher that stops cleanly removes its row (`forget`), and rows of ones
-that died are removed by `forget_stale` (prune calls it).
+that died are removed by `forget_stale` (the dispatchers' heartbeat calls it, for rows not
+seen for a day).
 """
 
 from __future__ import annotations

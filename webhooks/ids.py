@@ -1,8 +1,10 @@
-"""Public identifiers: a prefix naming the kind (`evt_`, `ep_`, `dlv_`) and a sortable body.
+"""Public identifiers made in Python: a prefix naming the kind (`evt_`, `ep_`, `rec_`, `key_`)
+and a sortable body.
 
 The body is a ULID-like 26-character Crockford base32 string: 48 bits of milliseconds then 80
 random bits, so ids sort by creation time (handy in listings and in `--since` scans) and never
-collide in practice across processes.
+collide in practice across processes. Delivery ids (`dlv_` + 32 hex digits of a random UUID)
+are made in SQL by the fan-out, one per endpoint, and do not sort by time.
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ Why these settings (see ../shared/research/celery-postgres-httpx.md):
 - ``visibility_timeout`` well above the lease: Redis redelivers an unacked message only after
   the lease has already made the delivery due again, and the stale message is then skipped.
 - No countdown/eta/retry anywhere: a retry is a row in Postgres with a time, never a message.
-- Pool: ``threads``. The work is waiting on sockets and Postgres; threads share one httpx
-  client (keep-alive) and one engine per process, fork no copies of them, and need no
-  monkey-patching (gevent) that psycopg and httpx would have to be trusted with. The 10 s
-  deadline is enforced by our own transport, so the prefork-only time limits are not needed.
+- Pool: ``threads``. The work is waiting on sockets and Postgres; threads share one httpcore
+  connection pool (keep-alive, behind our guarded transport) and one engine per process,
+  fork no copies of them, and need no monkey-patching (gevent) that psycopg and httpcore
+  would have to be trusted with. The 10 s deadline is enforced by our own transport, so the
+  prefork-only time limits are not needed.
 """
 
 from __future__ import annotations

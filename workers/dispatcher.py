@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -47,7 +47,7 @@ from webhooks.claims import (
 from webhooks.clock_offset import CLOCK_CHECK_EVERY, warn_if_clock_offset
 from webhooks.database import create_engine
 from webhooks.endpoints import drop_retired_secrets
-from webhooks.heartbeats import beat, forget, new_dispatcher_id
+from webhooks.heartbeats import beat, forget, forget_stale, new_dispatcher_id
 from webhooks.outbox import REPLAYS_QUEUED, channel
 from webhooks.recovery import RECOVERIES_CREATED, advance_recoveries
 from webhooks.sealing import plaintext_warning
@@ -70,6 +70,9 @@ RECOVERIES_EVERY = 0.5
 TURNS_REMEMBERED = 10_000
 # How often secrets past their rotation grace are removed from endpoints (they sign nothing).
 DROP_RETIRED_SECRETS_EVERY = 60.0
+# A dispatcher row not seen for this long belongs to a process that died (a live one beats
+# every few seconds): its row only clutters `webhooks doctor`.
+FORGET_DISPATCHERS_AFTER = timedelta(days=1)
 # How often held rows of enabled endpoints are looked for (SPEC: a held delivery is attempted
 # within 5 s of its endpoint's enable, even when a publish raced the enable).
 RELEASE_HELD_EVERY = 2.0
@@ -225,7 +228,8 @@ class Dispatcher:
         started = False
         while not self._stopping.is_set():
             try:
-                if self.heartbeat() and not started:
+                self.heartbeat()
+                if not started:
                     # Only now is it visible to `webhooks doctor`: say so once.
                     log.info(
                         "dispatcher.started",
@@ -253,12 +257,13 @@ class Dispatcher:
             forget(conn, self.settings, self.id)
         self.engine.dispose()
 
-    def heartbeat(self) -> bool:
-        """Record a heartbeat if one is due; True once at least one has been recorded.
+    def heartbeat(self) -> None:
+        """Record a heartbeat if one is due (the first call always records one).
 
         The slow chores ride along, each on its own period: measuring this machine's clock
-        against the database's (a warning if it is off by more than the leases tolerate)
-        and dropping endpoint secrets whose grace period is over.
+        against the database's (a warning if it is off by more than the leases tolerate),
+        dropping endpoint secrets whose grace period is over, and forgetting the rows of
+        dispatchers that died without saying so.
         """
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
             with self.engine.begin() as conn:
@@ -269,8 +274,8 @@ class Dispatcher:
                 metrics.refresh_gauges(conn, self.settings, now)
                 if self._every("retired_secrets", DROP_RETIRED_SECRETS_EVERY):
                     drop_retired_secrets(conn, self.settings, now)
+                    forget_stale(conn, self.settings, older_than=FORGET_DISPATCHERS_AFTER, now=now)
             self._last_beat = time.monotonic()
-        return True
 
     def _seconds_until(self, due: datetime | None) -> float:
         poll = self.settings.dispatch_poll_interval.total_seconds()

@@ -2,7 +2,7 @@
 
 Created on first use in the process that uses them, never inherited across a fork (a shared
 TLS connection or pooled socket in two processes corrupts both), and shared by the threads of
-the pool (the engine pool and the httpx client are thread-safe).
+the pool (the engine pool and the httpcore connection pool are thread-safe).
 """
 
 from __future__ import annotations
