@@ -9,7 +9,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from webhooks.errors import (
-    BrokerUnavailable,
     ConfigurationError,
     DatabaseUnavailable,
     EndpointDeleted,
@@ -26,7 +25,6 @@ from webhooks.outbox import publish
 from webhooks.settings import Settings
 
 __all__ = [
-    "BrokerUnavailable",
     "ConfigurationError",
     "DatabaseUnavailable",
     "EndpointDeleted",

@@ -57,7 +57,6 @@ ERROR_KINDS = (
     "blocked",
     "redirect",
     "http_status",
-    "body_too_large",
     "other",
 )
 MAX_RESPONSE_BODY_BYTES = 64 * 1024

@@ -7,7 +7,6 @@ the id or value involved and says what to do.
     WebhookError
     ├── ConfigurationError        a setting in the environment is invalid
     ├── DatabaseUnavailable       Postgres cannot be reached or the schema is missing
-    ├── BrokerUnavailable         the Celery broker cannot be reached
     ├── InvalidEndpointURL        (ValueError) an endpoint URL is refused at creation
     ├── InvalidEventType          (ValueError) an event type or filter is malformed
     ├── InvalidPayload            (ValueError) event data cannot be sent as UTF-8 JSON
@@ -34,10 +33,6 @@ class ConfigurationError(WebhookError):
 
 class DatabaseUnavailable(WebhookError):
     """Postgres cannot be reached, or the webhooks schema has not been migrated."""
-
-
-class BrokerUnavailable(WebhookError):
-    """The Celery broker cannot be reached."""
 
 
 class InvalidEndpointURL(WebhookError, ValueError):

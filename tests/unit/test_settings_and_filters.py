@@ -111,7 +111,6 @@ def test_malformed_filters_are_refused() -> None:
 def test_the_public_api_is_pinned() -> None:
     assert webhooks.__all__ == sorted(webhooks.__all__)
     assert set(webhooks.__all__) == {
-        "BrokerUnavailable",
         "ConfigurationError",
         "DatabaseUnavailable",
         "EndpointDeleted",
