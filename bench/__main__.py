@@ -4,7 +4,9 @@ baselines measured in the same invocation on the same machine.
 1. the limits: raw POST rate of one keep-alive `httpx.Client` thread to the receiver, and
    Celery's own no-op task rate and hop latency with the worker settings we ship;
 2. the naive baseline (`bench.naive`);
-3. the product: ``publish()`` → dispatcher → worker → receiver, every attempt stored.
+3. the product: ``publish()`` → dispatcher → worker → receiver, every attempt stored;
+4. a healthy endpoint's latency while a bulk recovery runs, beside the same stretch without
+   it (`bench.recovery_fairness`).
 
 Needs Postgres and Redis (``DATABASE_URL``, ``CELERY_BROKER_URL``; the README's defaults
 otherwise) and, for the fast receiver, nginx (``apt-get install -y nginx-light``; without it a
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("throughput", "latency", "blackhole", "rss", "claim", "publish")
+SECTIONS = ("throughput", "latency", "blackhole", "rss", "claim", "publish", "recovery")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--publish-calls", type=int, default=400, help="publish() calls per writer per run (400)"
     )
     parser.add_argument(
+        "--recovery-deliveries",
+        type=int,
+        default=3_000,
+        help="failed deliveries replayed by the recovery-fairness run's recovery (3,000)",
+    )
+    parser.add_argument(
         "--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)"
     )
     parser.add_argument(
@@ -83,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.concurrency = min(args.concurrency, 4)
         args.history_rows = min(args.history_rows, 20_000)
         args.publish_calls = min(args.publish_calls, 10)
+        args.recovery_deliveries = min(args.recovery_deliveries, 60)
     return args
 
 
@@ -93,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("BENCH_NOOP_QUEUE", f"bench_noop_{tag}")
     os.environ.setdefault("BENCH_NAIVE_QUEUE", f"bench_naive_{tag}")
 
-    from bench import claim_time, publish_cost, report, runs
+    from bench import claim_time, publish_cost, recovery_fairness, report, runs
     from bench.common import say, spread
     from bench.receivers import Receivers
 
@@ -158,7 +167,25 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"rss run {n + 1}/{args.runs}")
                 record("product_rss", runs.product_rss(config, fast, receivers.big()))
                 record("naive_rss", runs.naive_rss(config, fast, receivers.big()))
-    extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        if "recovery" in sections:
+            say(f"recovery fairness: {args.recovery_deliveries} replays beside a healthy endpoint")
+            extra["recovery"] = recovery_fairness.measure(
+                fast,
+                receivers.blackhole(),
+                runs=args.runs,
+                deliveries=args.recovery_deliveries,
+                baseline_events=30 if args.quick else 500,
+                # The black hole alone holds up to its cap (10) of the worker's threads: with
+                # --quick's 4 the baseline would measure that instead.
+                concurrency=16 if args.quick else args.concurrency,
+                logdir=logdir,
+            )
+            rf = extra["recovery"]["figures"]
+            say(
+                f"recovery: healthy p99 {rf['recovery_p99_ms']['median']:.1f} ms during it, "
+                f"{rf['baseline_p99_ms']['median']:.1f} ms without it"
+            )
     if "claim" in sections:
         say(f"claim time: 10k vs {args.history_rows} rows of history")
         extra["claim"] = claim_time.measure(
@@ -240,6 +267,11 @@ def summarize(
             "max": c["large_ms"]["max"] / c["small_ms"]["min"],
             "n": 1,
         }
+    if "recovery" in extra:
+        rows = extra["recovery"]["per_run"]
+        ratios["recovery_healthy_p99_vs_baseline"] = ratio_spread(
+            [row["recovery_p99_ms"] for row in rows], [row["baseline_p99_ms"] for row in rows]
+        )
     if "publish" in extra:
         p = extra["publish"]
         for w in (1, 8):
@@ -429,6 +461,16 @@ def render(results: dict[str, Any]) -> str:
                 f"| publish ms p50, {w} writer{'s' if w > 1 else ''}, WEBHOOKS_NOTIFY=false | "
                 f"{fmt_spread(pub[f'product_poll_w{w}']['p50_ms'], 2)} | - | - | - | - |"
             )
+    recovery = extra.get("recovery")
+    if recovery:
+        rf = recovery["figures"]
+        lines.append(
+            f"| healthy commit→arrival p99 ms during a recovery of {recovery['deliveries']:,} "
+            f"(healthy {fmt(recovery['per_second'])}/s, replays "
+            f"{fmt_spread(rf['replays_per_s'])}/s) | {fmt_spread(rf['recovery_p99_ms'])} | same "
+            f"traffic without the recovery {fmt_spread(rf['baseline_p99_ms'])} | "
+            f"{fmt_spread(r.get('recovery_healthy_p99_vs_baseline'), 2)} | - | - |"
+        )
     counts = []
     for name in (
         "product_drain",

@@ -89,10 +89,12 @@ BUSY = """busy AS MATERIALIZED (
 )"""
 # Due rows, oldest first, locked for this transaction (SKIP LOCKED: another dispatcher gets
 # the next ones). OF d locks only the delivery rows, not the endpoint rows joined to skip
-# disabled endpoints and to read their breaker state, in-flight count and whether they are
-# rate-limited, all in this one round trip. `admission.admit` then decides. A row of a deleted
-# endpoint is due only if a publish that read the endpoint before the delete committed after
-# it (`endpoints.delete_endpoint` cancels every row it can see): it is cancelled, not claimed.
+# disabled endpoints and to read their breaker state, in-flight count (endpoints at their cap
+# are passed over; admission reads the count again under `LOCK_ENDPOINTS`) and whether they
+# are rate-limited, all in this one round trip. `admission.admit` then decides. A row of a
+# deleted endpoint is due only if a publish that read the endpoint before the delete committed
+# after it (`endpoints.delete_endpoint` cancels every row it can see): it is cancelled, not
+# claimed.
 DUE_CANDIDATES = (
     "WITH "
     + BUSY
@@ -125,6 +127,25 @@ WHERE r.state = 'pending' AND r.due_at <= :now AND coalesce(b.n, 0) < :concurren
 ORDER BY r.due_at, r.id
 LIMIT :limit
 FOR UPDATE OF r SKIP LOCKED
+"""
+)
+# One dispatcher at a time decides for an endpoint. The in-flight counts read with the due
+# rows are as of the start of that statement, and SKIP LOCKED hands two dispatchers claiming
+# at once different rows of the same endpoint: each would fill the same free slots, and an
+# endpoint at its cap would get up to twice its cap. So a dispatcher takes its candidates'
+# endpoints' advisory locks (transaction-scoped, in id order so that two never wait on each
+# other in a cycle; keyed by schema too, so deployments sharing a database never wait on
+# each other), then reads their counts again: whoever claimed for them before has committed
+# by then, and is counted.
+LOCK_ENDPOINTS = """
+SELECT pg_advisory_xact_lock(hashtextextended(:namespace || e, 0))
+FROM unnest(CAST(:endpoint_ids AS text[])) AS e
+"""
+IN_FLIGHT = (
+    "WITH "
+    + BUSY
+    + """
+SELECT endpoint_id, n FROM busy WHERE endpoint_id = ANY (CAST(:endpoint_ids AS text[]))
 """
 )
 CLAIM_DELIVERIES = """
@@ -461,7 +482,7 @@ def claim_due(
         )
         for row in queued
     ]
-    in_flight = {row.endpoint_id: row.in_flight for row in [*due, *queued]}
+    in_flight = _lock_endpoints(conn, settings, {row.endpoint_id for row in [*due, *queued]})
     limited = sorted({row.endpoint_id for row in [*due, *queued] if row.rate_limited})
     rates: dict[str, RateLimit] = {}
     if limited:
@@ -504,6 +525,14 @@ def claim_due(
         replays_left=len(queued) >= limit or decided < len(queued),
         last_turn=turns,
     )
+
+
+def _lock_endpoints(conn: Connection, settings: Settings, endpoint_ids: set[str]) -> dict[str, int]:
+    """Take the endpoints' claim locks (`LOCK_ENDPOINTS`); return their attempts in flight."""
+    schema = settings.db_schema
+    params = {"namespace": f"{schema}:", "endpoint_ids": sorted(endpoint_ids)}
+    conn.execute(sql(LOCK_ENDPOINTS, schema), params).all()
+    return {row.endpoint_id: int(row.n) for row in conn.execute(sql(IN_FLIGHT, schema), params)}
 
 
 def _defer(

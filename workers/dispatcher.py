@@ -7,7 +7,8 @@ on LISTEN/NOTIFY (publish, enable and replay notify at commit) or until the next
 retry falls due, whichever is first, re-checks within 50 ms while due rows wait only for
 their endpoint's cap, and polls at least every `WEBHOOKS_DISPATCH_POLL` in case a
 notification was missed. Any number of dispatchers may run: ``SKIP LOCKED`` hands each row
-to one of them.
+to one of them, and an endpoint's claims are decided by one of them at a time (its cap holds
+across all of them).
 
 Recoveries are carried out here too: twice a second (at once when one is created), a tick
 first queues one batch of one running recovery, in its own short transaction

@@ -1,13 +1,17 @@
-"""A receiver for fault tests: answers 200, slowly if asked, or holds answers until released.
+"""Receivers for fault tests: one that answers (200, or a status set per path; slowly if
+asked; or held until released), and a black hole that never answers.
 
-Unlike `tests.receiver.Receiver` it records when each answer was written (or tried: the
-client may be dead by then), so a test can prove that an answer came only after a worker was
-killed, and it can hold requests open on purpose (`hold`/`release`) to keep a worker busy at
-the moment a fault is injected.
+Unlike `tests.receiver.Receiver`, `FaultReceiver` records when each answer was written (or
+tried: the client may be dead by then), so a test can prove that an answer came only after a
+worker was killed, and it can hold requests open on purpose (`hold`/`release`) to keep a
+worker busy at the moment a fault is injected. `BlackHole` accepts connections and never
+answers, and counts how many connections are open at once: what an endpoint's in-flight cap
+looks like from the receiver's side.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -53,6 +57,7 @@ class FaultReceiver:
         self._requests: list[Request] = []
         self._torn: list[Request] = []
         self._delays: dict[str, float] = {}
+        self._statuses: dict[str, int] = {}
         self._holds: dict[str, threading.Event] = {}
         self._held = 0
         self._closing = threading.Event()
@@ -66,6 +71,11 @@ class FaultReceiver:
         """Answer requests to ``path`` with a 200 after ``seconds`` (a slow endpoint)."""
         with self._lock:
             self._delays[path] = seconds
+
+    def answer(self, path: str, status: int) -> None:
+        """Answer requests to ``path`` with ``status`` from now on (200 unless set)."""
+        with self._lock:
+            self._statuses[path] = status
 
     def hold(self, path: str) -> None:
         """Keep every request to ``path`` that arrives from now on unanswered until released."""
@@ -146,6 +156,7 @@ class FaultReceiver:
                 with receiver._lock:
                     receiver._requests.append(request)
                     delay = receiver._delays.get(self.path, 0.0)
+                    status = receiver._statuses.get(self.path, 200)
                     gate = receiver._holds.get(self.path)
                     if gate is not None:
                         receiver._held += 1
@@ -155,9 +166,9 @@ class FaultReceiver:
                         receiver._held -= 1
                 elif delay:
                     receiver._closing.wait(delay)
-                answer = b'{"ok": true}'
+                answer = b'{"ok": true}' if status < 300 else b'{"ok": false}'
                 try:
-                    self.send_response(200)
+                    self.send_response(status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(answer)))
                     self.end_headers()
@@ -169,3 +180,101 @@ class FaultReceiver:
                 request.answered_at = time.time()
 
         return Handler
+
+
+class BlackHole:
+    """Accepts connections on 127.0.0.1, reads whatever comes, never answers.
+
+    It counts the connections open at once (from accept until the client hangs up, or dies:
+    a killed worker's sockets are closed by its kernel), and the most there ever were, and
+    records the ``webhook-id`` of each request it read.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._peak = 0
+        self._peak_at = 0.0
+        self._connections = 0
+        self._webhook_ids: list[str] = []
+        self._closing = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._listener.settimeout(0.2)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}{path}"
+
+    def open_now(self) -> int:
+        """Connections open right now."""
+        with self._lock:
+            return self._open
+
+    def peak(self) -> int:
+        """The most connections that were ever open at once."""
+        with self._lock:
+            return self._peak
+
+    def peak_at(self) -> float:
+        """When (``time.time()``) the most connections were first open at once."""
+        with self._lock:
+            return self._peak_at
+
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        with self._lock:
+            return self._connections
+
+    def webhook_ids(self) -> list[str]:
+        """The ``webhook-id`` of every request read in full headers so far."""
+        with self._lock:
+            return list(self._webhook_ids)
+
+    def start(self) -> BlackHole:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._open += 1
+                self._connections += 1
+                if self._open > self._peak:
+                    self._peak, self._peak_at = self._open, time.time()
+            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+
+    def _swallow(self, conn: socket.socket) -> None:
+        data = b""
+        give_up_at = time.monotonic() + MAX_HOLD_SECONDS
+        try:
+            conn.settimeout(0.2)
+            while not self._closing.is_set() and time.monotonic() < give_up_at:
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break  # the client hung up: its deadline passed, or it died
+                data = (data + chunk)[:65536]
+        finally:
+            with self._lock:
+                self._open -= 1
+            conn.close()
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+        for line in head.split("\r\n"):
+            if line.startswith("webhook-id:"):
+                with self._lock:
+                    self._webhook_ids.append(line.split(":", 1)[1].strip())
