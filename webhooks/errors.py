@@ -17,7 +17,9 @@ the id or value involved and says what to do.
     ├── EventNotFound             (LookupError)
     ├── RecoveryNotFound          (LookupError)
     ├── ApiKeyNotFound            (LookupError) no API key has the given id
-    └── InvalidApiKey             a presented API key is unknown, expired or revoked
+    ├── InvalidApiKey             a presented API key is unknown, expired or revoked
+    ├── PortalSessionNotFound     (LookupError) no portal session has the given id
+    └── InvalidPortalLink         a portal link or session is unknown, used, expired or revoked
 """
 
 from __future__ import annotations
@@ -113,4 +115,23 @@ class InvalidApiKey(WebhookError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"the API key is {reason}")
+        self.reason = reason
+
+
+class PortalSessionNotFound(WebhookError, LookupError):
+    """No portal session has the given id (in the caller's project and mode)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"portal session {session_id} does not exist; check the id (it starts with ps_)"
+        )
+        self.session_id = session_id
+
+
+class InvalidPortalLink(WebhookError):
+    """A portal link or session cookie cannot be used: ``reason`` is ``unknown``, ``used``
+    (a link works once), ``expired`` or ``revoked``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the portal link is {reason}")
         self.reason = reason

@@ -201,6 +201,7 @@ DELIVERY_PAGE = (
   AND (CAST(:endpoint_id AS text) IS NULL OR d.endpoint_id = :endpoint_id)
   AND (CAST(:event_id AS text) IS NULL OR d.event_id = :event_id)
   AND (CAST(:state AS text) IS NULL OR d.state = :state)
+  AND (CAST(:event_type AS text) IS NULL OR ev.type = :event_type)
 ORDER BY d.created_at DESC, d.id DESC LIMIT :limit"""
 )
 DELIVERY = _DELIVERY_SELECT + " AND d.id = :id"
@@ -217,12 +218,20 @@ def list_deliveries_page(
     state: str | None = None,
     endpoint_id: str | None = None,
     event_id: str | None = None,
+    event_type: str | None = None,
 ) -> Page[DeliverySummary]:
     """The scope's deliveries, newest first, each with its last attempt's outcome."""
     rows = conn.execute(
         sql(DELIVERY_PAGE, settings.db_schema),
         _params(
-            scope, after, window, limit, state=state, endpoint_id=endpoint_id, event_id=event_id
+            scope,
+            after,
+            window,
+            limit,
+            state=state,
+            endpoint_id=endpoint_id,
+            event_id=event_id,
+            event_type=event_type,
         ),
     ).all()
     return _page(rows, limit, [DeliverySummary(**r._mapping) for r in rows])

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from webhooks.display import MASK, mask_basic_auth, mask_url
 from webhooks.errors import ConfigurationError
@@ -127,6 +128,21 @@ def parse_rate_limit(text: str, *, name: str = "WEBHOOKS_API_RATE_LIMIT") -> Rat
     return RateLimit(int(match.group(1)), timedelta(seconds=_UNIT_SECONDS[match.group(2)]))
 
 
+def parse_public_url(text: str, *, name: str = "WEBHOOKS_PUBLIC_URL") -> str | None:
+    """Where the API is reached from outside (``https://hooks.example.com``), without a trailing
+    slash; None when unset."""
+    value = text.strip().rstrip("/")
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"{name}={text!r} must be the URL the API is reached at, such as "
+            "https://hooks.example.com (a path prefix is allowed; no query or fragment)"
+        )
+    return value
+
+
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel the dispatchers of ``schema`` wait on."""
     return f"{schema}_due"
@@ -214,6 +230,10 @@ class Settings:
     api_rate_limit: RateLimit = RateLimit(1000, timedelta(minutes=1))
     api_allow_http: bool = False
     api_trusted_proxies: tuple[IPNetwork, ...] = ()
+    # The portal: how long a link (and the session it opens) lasts, and where `webhooks api`
+    # is reached from outside, to make its links absolute (None: links are paths).
+    portal_ttl: timedelta = timedelta(hours=1)
+    public_url: str | None = None
     # Set by `webhooks dev` for its children: development defaults, and quiet about them.
     is_dev: bool = False
 
@@ -304,4 +324,8 @@ class Settings:
             api_trusted_proxies=parse_networks(
                 env.get("WEBHOOKS_API_TRUSTED_PROXIES", ""), name="WEBHOOKS_API_TRUSTED_PROXIES"
             ),
+            portal_ttl=parse_positive_duration(
+                get("WEBHOOKS_PORTAL_TTL", "1h"), name="WEBHOOKS_PORTAL_TTL"
+            ),
+            public_url=parse_public_url(env.get("WEBHOOKS_PUBLIC_URL", "")),
         )

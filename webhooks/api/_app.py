@@ -1,7 +1,7 @@
 """The ASGI application: FastAPI, the routes, the guard in front of them, errors as JSON.
 
-`create_app` builds it; `webhooks api` serves it with uvicorn, and the Cloud API may mount it
-in its own application with its own key lookup.
+`create_app` builds it, with the portal's pages (`webhooks.portal`); `webhooks api` serves it
+with uvicorn, and the Cloud API may mount it in its own application with its own key lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from webhooks import __version__, clock
 from webhooks.api._auth import KeyLookup, admit, count_request, key_table_lookup
 from webhooks.api._errors import ApiError, invalid
 from webhooks.api._handling import ApiState
+from webhooks.api._portal_sessions import router as portal_sessions_router
 from webhooks.api._routes import router
 from webhooks.database import create_engine
 from webhooks.errors import DatabaseUnavailable
@@ -67,6 +68,10 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
             allowed networks), or None when the token is no usable key. The Cloud API passes
             its own to use its keys; by default, ours (`webhooks key create`).
     """
+    # Here, not at the top: the portal is built on this package's modules.
+    from webhooks.portal import install as install_portal
+    from webhooks.portal import is_portal_path
+
     settings = settings or Settings.from_env()
     engine = create_engine(settings, pool_size=10)
     state = ApiState(
@@ -89,6 +94,9 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
     )
     app.state.webhooks = state
     app.include_router(router)
+    app.include_router(portal_sessions_router)
+    # The portal's pages: a session cookie admits their visitors, not an API key.
+    install_portal(app)
     _add_security_scheme(app)
 
     @app.middleware("http")
@@ -96,7 +104,7 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         extra: dict[str, str] = {}
-        if request.url.path not in PUBLIC_PATHS:
+        if request.url.path not in PUBLIC_PATHS and not is_portal_path(request.url.path):
             try:
                 identity = await run_in_threadpool(
                     admit,

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Connection
 
 from webhooks import clock
+from webhooks.api import _actions
 from webhooks.api import _schemas as s
 from webhooks.api._errors import ApiError, forbidden, invalid, not_found
 from webhooks.api._handling import (
@@ -38,14 +39,7 @@ from webhooks.api._render import (
     recovery_object,
 )
 from webhooks.catalogue import example_data
-from webhooks.endpoints import (
-    add_endpoint,
-    delete_endpoint,
-    disable_endpoint,
-    enable_endpoint,
-    rotate_secret,
-    update_endpoint,
-)
+from webhooks.endpoints import delete_endpoint, rotate_secret, update_endpoint
 from webhooks.history import get_deliveries
 from webhooks.models import DELIVERY_STATES, Endpoint
 from webhooks.outbox import publish_event
@@ -66,8 +60,6 @@ from webhooks.pages import (
 from webhooks.recovery import RecoverySelection, cancel_recovery, create_recovery
 from webhooks.replay import replay_event
 from webhooks.sandbox import trigger_event
-
-TEST_EVENT_TYPE = "webhook.test"
 
 
 def reject_unknown_parameters(request: Request) -> None:
@@ -207,16 +199,14 @@ def create_endpoint(
     settings = state_of(request).settings
 
     def work(conn: Connection) -> tuple[int, Any]:
-        endpoint, secret = add_endpoint(
+        endpoint, secret = _actions.create_endpoint(
             conn,
             settings,
+            identity.world,
             url=body.url,
-            project_id=identity.project_id,
             event_types=body.event_types,
-            mode=identity.mode,
+            description=body.description,
         )
-        if body.description:
-            endpoint = update_endpoint(conn, settings, endpoint.id, description=body.description)
         return 201, endpoint_object(endpoint, secret=secret)
 
     return write(request, raw, work)
@@ -270,11 +260,9 @@ def patch_endpoint(
                 event_types=body.event_types,
                 description=body.description,
             )
-        if body.enabled is True and not endpoint.enabled:
-            endpoint = enable_endpoint(conn, settings, endpoint.id)
-        elif body.enabled is False and endpoint.enabled:
-            endpoint = disable_endpoint(
-                conn, settings, endpoint.id, reason="disabled through the API"
+        if body.enabled is not None:
+            endpoint = _actions.set_enabled(
+                conn, settings, endpoint, body.enabled, reason="disabled through the API"
             )
         return 200, endpoint_object(endpoint)
 
@@ -339,15 +327,7 @@ def send_test_event(
     def work(conn: Connection) -> tuple[int, Any]:
         endpoint = _endpoint_in_world(conn, request, endpoint_id)
         require_write(identity_of(request))
-        result = publish_event(
-            conn,
-            settings,
-            project_id=endpoint.project_id,
-            type=TEST_EVENT_TYPE,
-            data={"endpoint_id": endpoint.id, "message": "a test event, sent on request"},
-            mode=endpoint.mode,
-            only_endpoint=endpoint.id,
-        )
+        result = _actions.send_test_event(conn, settings, endpoint)
         envelope = find_event(conn, settings, identity_of(request).world, result.id)
         return 202, event_object(envelope or {})
 
