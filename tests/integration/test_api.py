@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
@@ -256,6 +257,31 @@ def test_an_idempotency_key_gives_the_first_answer_and_refuses_another_request(
     # Another project (or mode) has its own keys.
     elsewhere = {**bearer(new_key(engine, settings, project, "test")), "Idempotency-Key": "k-1"}
     assert client.post("/v1/events", json=body, headers=elsewhere).json()["mode"] == "test"
+
+
+def test_a_secret_in_a_kept_answer_is_sealed_at_rest_and_given_back_whole(
+    engine: Engine, settings: Settings, project: str
+) -> None:
+    sealed = replace(settings, secret_keys=(Fernet.generate_key().decode(),))
+    headers = {**bearer(new_key(engine, settings, project)), "Idempotency-Key": "ep-1"}
+    body = {"url": "https://hooks.example.com/in"}
+    with TestClient(create_app(sealed)) as client:
+        first = client.post("/v1/webhook_endpoints", json=body, headers=headers)
+        again = client.post("/v1/webhook_endpoints", json=body, headers=headers)
+
+    assert first.status_code == again.status_code == 201
+    secret = first.json()["secret"]
+    assert secret.startswith("whsec_") and again.json()["secret"] == secret
+    with engine.connect() as conn:
+        kept = conn.execute(
+            sql(
+                "SELECT response::text FROM {s}.api_idempotency "
+                "WHERE project_id = :p AND idempotency_key = 'ep-1'",
+                settings.db_schema,
+            ),
+            {"p": project},
+        ).scalar_one()
+    assert secret not in kept
 
 
 def test_live_keys_are_rate_limited_with_headers_and_test_keys_are_not(

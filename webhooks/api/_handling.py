@@ -114,12 +114,12 @@ def write(
     hashed = request_hash(request.method, request.url.path, raw_body)
     with translate_errors(state.settings), domain_errors(), state.engine.begin() as conn:
         if key is not None:
-            stored = claim(conn, state.settings.db_schema, identity.world, key, hashed, clock.now())
+            stored = claim(conn, state.settings, identity.world, key, hashed, clock.now())
             if stored is not None:
                 return respond(stored.body, stored.status, {"Idempotent-Replayed": "true"})
         status, body = work(conn)
         if key is not None:
-            store(conn, state.settings.db_schema, identity.world, key, status, body)
+            store(conn, state.settings, identity.world, key, status, body)
     return respond(body, status)
 
 

@@ -6,12 +6,17 @@ reads the first answer) or rolls back (then it does the work itself). Only succe
 kept: a request that failed did nothing, and may simply be sent again. The request is
 identified by the SHA-256 of its method, path and body; the same key with another request is
 a 409.
+
+An answer that carries an endpoint secret (create, rotate) is kept with the secret sealed
+like the endpoint's own (`WEBHOOKS_SECRET_KEY`): the idempotency table is no back door to
+secrets at rest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +26,8 @@ from sqlalchemy.engine import Connection
 from webhooks.api._errors import ApiError, invalid
 from webhooks.database import sql
 from webhooks.pages import Scope
+from webhooks.sealing import seal, unseal
+from webhooks.settings import Settings
 
 KEPT_FOR = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
@@ -75,7 +82,7 @@ def validate_key(key: str) -> str:
 
 
 def claim(
-    conn: Connection, schema: str, scope: Scope, key: str, hashed: str, now: datetime
+    conn: Connection, settings: Settings, scope: Scope, key: str, hashed: str, now: datetime
 ) -> StoredAnswer | None:
     """Claim ``key`` for this request; return the first answer if it was already given.
 
@@ -89,6 +96,7 @@ def claim(
         "request_hash": hashed,
         "now": now,
     }
+    schema = settings.db_schema
     if conn.execute(sql(CLAIM, schema), params).first() is not None:
         return None
     row = conn.execute(sql(STORED, schema), params).one()
@@ -103,13 +111,18 @@ def claim(
             "use a new key for a new request",
             param="Idempotency-Key",
         )
-    return StoredAnswer(status=int(row.status), body=row.response)
+    return StoredAnswer(
+        status=int(row.status), body=_with_secret(row.response, unseal, settings.secret_keys)
+    )
 
 
-def store(conn: Connection, schema: str, scope: Scope, key: str, status: int, body: Any) -> None:
-    """Keep the answer given to the request that claimed ``key``."""
+def store(
+    conn: Connection, settings: Settings, scope: Scope, key: str, status: int, body: Any
+) -> None:
+    """Keep the answer given to the request that claimed ``key`` (its secret sealed)."""
+    body = _with_secret(body, seal, settings.secret_keys)
     conn.execute(
-        sql(STORE, schema),
+        sql(STORE, settings.db_schema),
         {
             "project_id": scope.project_id,
             "mode": scope.mode,
@@ -118,3 +131,11 @@ def store(conn: Connection, schema: str, scope: Scope, key: str, status: int, bo
             "response": json.dumps(body),
         },
     )
+
+
+def _with_secret(
+    body: Any, transform: Callable[[str, tuple[str, ...]], str], keys: tuple[str, ...]
+) -> Any:
+    if isinstance(body, dict) and isinstance(body.get("secret"), str):
+        return {**body, "secret": transform(body["secret"], keys)}
+    return body
