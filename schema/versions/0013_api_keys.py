@@ -53,7 +53,9 @@ def upgrade() -> None:
         idempotency_key text NOT NULL,
         request_hash    text NOT NULL,
         status          integer NOT NULL,
-        response        jsonb NOT NULL,
+        -- The answer's JSON text, exactly as given: jsonb cannot hold the NUL character
+        -- that event data may carry.
+        response        text NOT NULL,
         created_at      timestamptz NOT NULL,
         PRIMARY KEY (project_id, mode, idempotency_key)
     )""")

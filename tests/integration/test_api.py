@@ -275,7 +275,7 @@ def test_a_secret_in_a_kept_answer_is_sealed_at_rest_and_given_back_whole(
     with engine.connect() as conn:
         kept = conn.execute(
             sql(
-                "SELECT response::text FROM {s}.api_idempotency "
+                "SELECT response FROM {s}.api_idempotency "
                 "WHERE project_id = :p AND idempotency_key = 'ep-1'",
                 settings.db_schema,
             ),

@@ -35,7 +35,7 @@ MAX_KEY_LENGTH = 255
 CLAIM = """
 INSERT INTO {s}.api_idempotency
     (project_id, mode, idempotency_key, request_hash, status, response, created_at)
-VALUES (:project_id, :mode, :key, :request_hash, 0, CAST('null' AS jsonb), :now)
+VALUES (:project_id, :mode, :key, :request_hash, 0, 'null', :now)
 ON CONFLICT (project_id, mode, idempotency_key) DO NOTHING
 RETURNING 1
 """
@@ -47,11 +47,11 @@ FOR UPDATE
 # An answer older than 24 h is forgotten: the key starts again with this request.
 RECLAIM = """
 UPDATE {s}.api_idempotency
-SET request_hash = :request_hash, status = 0, response = CAST('null' AS jsonb), created_at = :now
+SET request_hash = :request_hash, status = 0, response = 'null', created_at = :now
 WHERE project_id = :project_id AND mode = :mode AND idempotency_key = :key
 """
 STORE = """
-UPDATE {s}.api_idempotency SET status = :status, response = CAST(:response AS jsonb)
+UPDATE {s}.api_idempotency SET status = :status, response = :response
 WHERE project_id = :project_id AND mode = :mode AND idempotency_key = :key
 """
 
@@ -112,7 +112,8 @@ def claim(
             param="Idempotency-Key",
         )
     return StoredAnswer(
-        status=int(row.status), body=_with_secret(row.response, unseal, settings.secret_keys)
+        status=int(row.status),
+        body=_with_secret(json.loads(row.response), unseal, settings.secret_keys),
     )
 
 
