@@ -1202,24 +1202,13 @@ def api_command(ctx: Context, host: str, port: int | None) -> None:
     """Serve the HTTP API (OpenAPI at /v1/openapi.json)."""
     import os
 
-    import uvicorn
-
-    from webhooks.api import create_app
+    from webhooks.api import create_app, serve
     from webhooks.logs import configure_logging
 
     configure_logging(json_format=ctx.settings.log_format == "json")
     if port is None:
         port = int(os.environ.get("PORT") or 8000)
-    # Access logs are off: a request line may carry a cursor or an id, never a key, but the
-    # metrics and our own logs say what matters without a line per request.
-    uvicorn.run(
-        create_app(ctx.settings),
-        host=host,
-        port=port,
-        access_log=False,
-        proxy_headers=False,
-        log_level="info",
-    )
+    serve(create_app(ctx.settings), host=host, port=port)
 
 
 @cli.command("dev")
