@@ -46,6 +46,7 @@ class Reader:
     def __init__(self, base_url: str, key: str) -> None:
         self.arrived: dict[int, float] = {}
         self.subscribed = threading.Event()
+        self._stop = threading.Event()
         self._client = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
         )
@@ -55,7 +56,11 @@ class Reader:
     def _read(self) -> None:
         try:
             with self._client.stream("GET", "/v1/webhook_attempts/stream") as response:
+                # Leaving the block closes the connection; the keep-alives (every 0.5 s here)
+                # wake a reader waiting on a quiet stream, so it sees that it should stop.
                 for line in response.iter_lines():
+                    if self._stop.is_set():
+                        return
                     if line == ": subscribed":
                         self.subscribed.set()
                     elif line.startswith("id: att_"):
@@ -64,8 +69,11 @@ class Reader:
             pass
 
     def close(self) -> None:
-        self._client.close()
+        self._stop.set()
+
+    def join(self) -> None:
         self._thread.join(timeout=10)
+        self._client.close()
 
 
 def _serve(env: dict[str, str], logfile: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -144,7 +152,7 @@ def measure(
 ) -> dict[str, Any]:
     """Per-run p50/p99 ms for each client count and for the bare NOTIFY, as spreads."""
     pace = 0.05
-    env = make_env(WEBHOOKS_API_ALLOW_HTTP="true")
+    env = make_env(WEBHOOKS_API_ALLOW_HTTP="true", WEBHOOKS_API_STREAM_KEEPALIVE="0.5s")
     results: dict[str, Any] = {}
     with isolated_schema(env) as settings:
         engine = engine_for(settings)
@@ -183,6 +191,8 @@ def measure(
                     missing = attempts * clients - len(delays)
                     for reader in readers:
                         reader.close()
+                    for reader in readers:
+                        reader.join()
                     name = f"stream_c{clients}"
                     figures = per.setdefault(name, {})
                     figures.setdefault("p50_ms", []).append(percentile(delays, 50))
