@@ -1005,7 +1005,8 @@ def sandbox_advance(ctx: Context, duration: str, project_id: str, as_json: bool)
 def prune_command(
     ctx: Context, older_than: str, batch_size: int, dry_run: bool, as_json: bool
 ) -> None:
-    """Delete old attempts, and old events whose deliveries are all finished."""
+    """Delete old attempts, old events whose deliveries are all finished, finished recoveries,
+    revoked or expired API keys, and Idempotency-Key answers past 24 h."""
     from webhooks.retention import prune
 
     age = parse_duration(older_than, name="--older-than")
