@@ -36,7 +36,7 @@ from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import active_secrets
 from webhooks.health import after_attempt, after_exhausted
 from webhooks.schedule import RetryPolicy, decide_retry, parse_retry_after
-from webhooks.settings import Settings
+from webhooks.settings import Settings, attempts_channel
 
 # Rows whose worker vanished (or whose message the broker lost) become due again, keeping
 # the time they were first due: they go ahead of work that fell due since, not behind it.
@@ -276,12 +276,20 @@ ATTEMPT_COLUMNS = """(delivery_id, event_id, endpoint_id, number, trigger, start
     duration_ms, request_url, request_headers, response_status, response_headers,
     response_body, error_kind, error_message, claim_token)"""
 
+# Both ways of storing an attempt end with this: with `WEBHOOKS_NOTIFY` on, a notification
+# on the attempts channel whose payload is the new row's id, sent when the transaction
+# commits (the HTTP API's stream reads the rows by id; a rolled-back attempt notifies no one).
+NOTIFY_ATTEMPT = """
+RETURNING id, number,
+    CASE WHEN CAST(:notify AS boolean) THEN pg_notify(:attempts_channel, CAST(id AS text))
+    END AS notified
+"""
 # A 2xx under the current claim, the common case, in one statement (one round trip, atomic
 # on its own): settle the delivery, close the endpoint's breaker and reset its count of
 # failures in a row if either is set (`health.after_attempt` does the same on the general
-# path), and store the attempt numbered from the row it updated. No row back: the claim
-# moved on (replayed, superseded, reaped), or the endpoint is failing and its recovery must
-# be announced, and `record_attempt`'s locked path decides instead.
+# path), and store the attempt numbered from the row it updated (and notify, as above). No
+# row back: the claim moved on (replayed, superseded, reaped), or the endpoint is failing
+# and its recovery must be announced, and `record_attempt`'s locked path decides instead.
 RECORD_SUCCESS = (
     """
 WITH d AS (
@@ -305,9 +313,8 @@ INSERT INTO {s}.attempts """
 SELECT d.id, :event_id, :endpoint_id, d.attempt_count, 'scheduled', :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
     CAST(:response_headers AS jsonb), :response_body, NULL, NULL, CAST(:token AS uuid)
-FROM d
-RETURNING number
-"""
+FROM d"""
+    + NOTIFY_ATTEMPT
 )
 # `outcome` is what a recovery's progress counts: attempts made, and how they went.
 FINISH_REPLAY = """
@@ -323,8 +330,8 @@ INSERT INTO {s}.attempts """
 VALUES (:delivery_id, :event_id, :endpoint_id, :number, :trigger, :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
     CAST(:response_headers AS jsonb), :response_body, :error_kind, :error_message,
-    CAST(:token AS uuid))
-"""
+    CAST(:token AS uuid))"""
+    + NOTIFY_ATTEMPT
 )
 
 
@@ -661,8 +668,9 @@ def record_success(
     """Record a 2xx under a still-current scheduled claim in one statement.
 
     ``conn`` is a psycopg connection in autocommit mode: the statement is its own
-    transaction. Returns None, having written nothing, when the claim is no longer current;
-    the caller then records through `record_attempt`, which handles every case.
+    transaction, which also notifies the attempt's id (`NOTIFY_ATTEMPT`). Returns None,
+    having written nothing, when the claim is no longer current; the caller then records
+    through `record_attempt`, which handles every case.
     """
     row = _fetch_one(
         conn,
@@ -670,6 +678,7 @@ def record_success(
         settings,
         {
             **_attempt_row(job, outcome, started_at, request_headers),
+            **_notify(settings),
             "token": job.claim.claim_token,
             "now": now,
         },
@@ -698,6 +707,7 @@ def record_attempt(
     already stored under this claim (a retry after a lost commit acknowledgement) is
     returned as it is, and nothing is written twice. A ``cancelled`` delivery (its endpoint
     was deleted while the request was on the wire) stays ``cancelled``, even after a 2xx.
+    The new attempt's id is notified when the transaction commits (`NOTIFY_ATTEMPT`).
 
     Args:
         interpret: read the response beyond its outcome (``Retry-After``, endpoint health,
@@ -780,6 +790,7 @@ def record_attempt(
         sql(INSERT_ATTEMPT, settings.db_schema),
         {
             **_attempt_row(job, outcome, started_at, request_headers),
+            **_notify(settings),
             "number": number,
             "trigger": claim.trigger,
             "error_kind": outcome.error_kind,
@@ -824,6 +835,10 @@ def _after_attempt(
         exhausted=exhausted,
         now=now,
     )
+
+
+def _notify(settings: Settings) -> dict[str, Any]:
+    return {"notify": settings.notify, "attempts_channel": attempts_channel(settings.db_schema)}
 
 
 def _attempt_row(

@@ -1005,7 +1005,8 @@ def sandbox_advance(ctx: Context, duration: str, project_id: str, as_json: bool)
 def prune_command(
     ctx: Context, older_than: str, batch_size: int, dry_run: bool, as_json: bool
 ) -> None:
-    """Delete old attempts, and old events whose deliveries are all finished."""
+    """Delete old attempts, old events whose deliveries are all finished, finished recoveries,
+    revoked or expired API keys, and Idempotency-Key answers past 24 h."""
     from webhooks.retention import prune
 
     age = parse_duration(older_than, name="--older-than")
@@ -1202,24 +1203,13 @@ def api_command(ctx: Context, host: str, port: int | None) -> None:
     """Serve the HTTP API (OpenAPI at /v1/openapi.json)."""
     import os
 
-    import uvicorn
-
-    from webhooks.api import create_app
+    from webhooks.api import create_app, serve
     from webhooks.logs import configure_logging
 
     configure_logging(json_format=ctx.settings.log_format == "json")
     if port is None:
         port = int(os.environ.get("PORT") or 8000)
-    # Access logs are off: a request line may carry a cursor or an id, never a key, but the
-    # metrics and our own logs say what matters without a line per request.
-    uvicorn.run(
-        create_app(ctx.settings),
-        host=host,
-        port=port,
-        access_log=False,
-        proxy_headers=False,
-        log_level="info",
-    )
+    serve(create_app(ctx.settings), host=host, port=port)
 
 
 @cli.command("dev")

@@ -1,6 +1,7 @@
 """`webhooks dev`: the whole service on one machine, with no set-up, and a delivered demo.
 
-It starts what the Procfile starts (a worker, the dispatcher, Flower), plus embedded Postgres
+It starts what the Procfile starts (a worker, the dispatcher, Flower, the HTTP API on a free
+port, with a test key to call it with), plus embedded Postgres
 and Redis when ``DATABASE_URL`` / ``CELERY_BROKER_URL`` are unset, and a demo receiver; then
 it registers the receiver as an endpoint, publishes an event and waits until the event is
 delivered, so a newcomer sees one webhook go all the way through.
@@ -41,6 +42,7 @@ DEMO_PATH = "/webhooks"
 DELIVERY_DEADLINE_SECONDS = 30.0
 CHILD_STOP_SECONDS = 10.0
 CLI_TIMEOUT_SECONDS = 120.0
+API_START_SECONDS = 30.0
 
 _COLORS = ("36", "33", "35", "32", "34", "31")
 
@@ -103,6 +105,7 @@ class _Dev:
     children: list[_Child] = field(default_factory=list)
     receiver: DemoReceiver | None = None
     env_file: Path | None = None
+    api_url: str = ""
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -147,7 +150,7 @@ class _Dev:
         self.console.say(self.cli("migrate").strip())
 
     def start_processes(self, flower_port: int) -> None:
-        """Start the Procfile's processes: a worker, the dispatcher and Flower."""
+        """Start the Procfile's processes: a worker, the dispatcher, Flower and the API."""
         _require_free_port(flower_port)
         celery = [sys.executable, "-m", "celery", "-A", "workers"]
         queue = self.env.get("WEBHOOKS_QUEUE") or "webhooks"
@@ -165,6 +168,14 @@ class _Dev:
                 "FLOWER_PORT": str(flower_port),
                 "FLOWER_ADDRESS": "127.0.0.1",
             },
+        )
+        # On loopback, over plain HTTP (development only), on whatever port is free.
+        api_port = _free_port()
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.spawn(
+            "api",
+            [str(_webhooks_command()), "api", "--host", "127.0.0.1", "--port", str(api_port)],
+            extra_env={"WEBHOOKS_API_ALLOW_HTTP": "true"},
         )
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
@@ -267,12 +278,22 @@ class _Dev:
         command = _webhooks_command()
         data = '{"deployment_id": "dep_2", "status": "succeeded"}'
         failing_url = self.receiver.url.removesuffix(DEMO_PATH) + "/status/503"
+        key = str(
+            self.cli_json("key", "create", "--project", DEMO_PROJECT, "--mode", "test")["key"]
+        )
+        authorization = shlex.quote(f"Authorization: Bearer {key}")
+        curl = (
+            f"curl -s {self.api_url}/v1/events/simulate -H {authorization}"
+            " -H 'Content-Type: application/json' -d '{\"type\": \"deployment.succeeded\"}'"
+        )
+        self.wait_for_api()
         self.console.say(
             "\n".join(
                 [
                     "",
                     "webhooks dev is running:",
                     f"  Flower          http://127.0.0.1:{flower_port}",
+                    f"  HTTP API        {self.api_url}/v1/openapi.json",
                     f"  demo endpoint   {endpoint_id} -> {self.receiver.url} ({DEMO_PROJECT})",
                     f"  logs            {self.data_dir / 'logs'}",
                     "",
@@ -285,9 +306,27 @@ class _Dev:
                     "at /status/CODE, /slow/MS, /hang and /retry-after/S, e.g.",
                     f"  {_shell_path(command)} endpoint add {failing_url} --project {DEMO_PROJECT}",
                     "",
+                    f"Call the HTTP API with a test key of {DEMO_PROJECT} (made for this run):",
+                    f"  {curl}",
+                    "",
                     "Press Ctrl-C to stop.",
                 ]
             )
+        )
+
+    def wait_for_api(self) -> None:
+        """Return once the API answers, so the printed curl works when pasted."""
+        import httpx
+
+        deadline = time.monotonic() + API_START_SECONDS
+        while time.monotonic() < deadline:
+            self.check_children()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.api_url + "/v1/openapi.json", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise DevError(
+            f"the HTTP API did not answer at {self.api_url} within {API_START_SECONDS:.0f}s"
         )
 
     def write_env_file(self) -> Path:
@@ -453,6 +492,12 @@ def _webhooks_command() -> Path:
     if found is None:
         raise DevError("the `webhooks` command is not installed; run: pip install -e .")
     return Path(found)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _require_free_port(port: int) -> None:

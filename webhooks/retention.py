@@ -12,6 +12,10 @@ deleted whole batches and resumes by simply running again):
 3. **recoveries** that finished (done or cancelled) before the cutoff, ``batch_size`` at a
    time; a running recovery is never deleted, however old. Replays that remain keep their
    outcome and lose only the link (``ON DELETE SET NULL``).
+4. **the HTTP API's rows**: answers kept for an ``Idempotency-Key`` once older than
+   `IDEMPOTENCY_KEPT_FOR` (24 h, whatever the cutoff: the key then starts again anyway),
+   API keys revoked or expired before the cutoff (never usable again; a key rotated from
+   one keeps working and loses only the link), and rate-limit windows that ended a day ago.
 
 Either phase deletes rows of an event only if the event is *settled*: every one of its
 deliveries is ``succeeded``, ``failed`` or ``cancelled`` and none has a ``pending`` or
@@ -145,6 +149,36 @@ SELECT
 # run carries on where this one stopped.
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
+# How long the API keeps the first answer to an ``Idempotency-Key``.
+IDEMPOTENCY_KEPT_FOR = timedelta(hours=24)
+# A live key's rate-limit row is rewritten every window; one untouched for a day is a dead
+# key's (or the Cloud API's key that stopped calling).
+RATE_LIMIT_KEPT_FOR = timedelta(days=1)
+_EXPIRED_IDEMPOTENCY = """
+SELECT project_id, mode, idempotency_key FROM {s}.api_idempotency
+WHERE created_at < :before LIMIT :limit"""
+_RETIRED_KEYS = """
+SELECT id FROM {s}.api_keys WHERE revoked_at < :cutoff OR expires_at < :cutoff LIMIT :limit"""
+_STALE_WINDOWS = """
+SELECT key_id FROM {s}.api_rate_limits WHERE window_start < :stale LIMIT :limit"""
+# Each statement of a batch: the rows deleted, or with ``dry_run``, counted.
+API_ROWS = {
+    "idempotency": (
+        "DELETE FROM {s}.api_idempotency WHERE (project_id, mode, idempotency_key) IN ("
+        + _EXPIRED_IDEMPOTENCY
+        + ")",
+        "SELECT count(*) FROM {s}.api_idempotency WHERE created_at < :before",
+    ),
+    "api_keys": (
+        "DELETE FROM {s}.api_keys WHERE id IN (" + _RETIRED_KEYS + ")",
+        "SELECT count(*) FROM {s}.api_keys WHERE revoked_at < :cutoff OR expires_at < :cutoff",
+    ),
+    "rate_limits": (
+        "DELETE FROM {s}.api_rate_limits WHERE key_id IN (" + _STALE_WINDOWS + ")",
+        "SELECT count(*) FROM {s}.api_rate_limits WHERE window_start < :stale",
+    ),
+}
+
 
 @dataclass(frozen=True)
 class PruneReport:
@@ -159,6 +193,9 @@ class PruneReport:
     deliveries: int = 0
     replays: int = 0
     recoveries: int = 0
+    idempotency: int = 0
+    api_keys: int = 0
+    rate_limits: int = 0
     batches: int = 0
     elapsed: timedelta = timedelta(0)
     longest_batch: timedelta = timedelta(0)
@@ -168,10 +205,16 @@ class PruneReport:
     def summary(self) -> str:
         """One line for humans, e.g. for the CLI's final message."""
         verb = "would delete" if self.dry_run else "deleted"
+        api = ""
+        if self.idempotency or self.api_keys:
+            api = (
+                f" (and {self.api_keys} revoked or expired API keys, {self.idempotency} "
+                "Idempotency-Key answers past 24 h)"
+            )
         return (
             f"{verb} {self.attempts} attempts, {self.events} events, {self.deliveries} "
             f"deliveries, {self.replays} replays, {self.recoveries} recoveries older than "
-            f"{self.cutoff.isoformat()} in "
+            f"{self.cutoff.isoformat()}{api} in "
             f"{self.batches} batches, {self.elapsed.total_seconds():.2f}s "
             f"(longest batch {self.longest_batch.total_seconds() * 1000:.0f} ms)"
         )
@@ -185,6 +228,9 @@ class PruneReport:
             "deliveries": self.deliveries,
             "replays": self.replays,
             "recoveries": self.recoveries,
+            "idempotency": self.idempotency,
+            "api_keys": self.api_keys,
+            "rate_limits": self.rate_limits,
             "batches": self.batches,
             "elapsed_seconds": round(self.elapsed.total_seconds(), 3),
             "longest_batch_seconds": round(self.longest_batch.total_seconds(), 3),
@@ -224,7 +270,8 @@ def prune(
     dry_run: bool = False,
     on_progress: Callable[[PruneReport], None] | None = None,
 ) -> PruneReport:
-    """Delete attempts and settled events older than ``older_than``, in short batches.
+    """Delete attempts and settled events older than ``older_than``, finished recoveries, and
+    the HTTP API's expired rows (phase 4 of the module docstring), in short batches.
 
     Safe to run at any time, alongside the dispatcher and workers, from several places at
     once, and again after being interrupted: each batch commits on its own.
@@ -313,6 +360,27 @@ def prune(
             else:
                 conn.execute(sql(DELETE_RECOVERIES, settings.db_schema), {"ids": ids})
         progress(t0, recoveries=len(ids))
+
+    report = replace(report, phase="api")
+    reference = now or clock.now()
+    params = {
+        "before": reference - IDEMPOTENCY_KEPT_FOR,
+        "cutoff": cutoff,
+        "stale": reference - RATE_LIMIT_KEPT_FOR,
+        "limit": batch_size,
+    }
+    for kind, (delete, count) in API_ROWS.items():
+        while True:
+            t0 = time.monotonic()
+            with engine.begin() as conn:
+                conn.execute(sql(LOCK_TIMEOUT, settings.db_schema))
+                statement = count if dry_run else delete
+                result = conn.execute(sql(statement, settings.db_schema), params)
+                gone = int(result.scalar_one()) if dry_run else result.rowcount
+            if gone:
+                progress(t0, **{kind: gone})
+            if dry_run or gone < batch_size:
+                break
 
     return replace(report, phase="done", elapsed=timedelta(seconds=time.monotonic() - started))
 

@@ -148,9 +148,20 @@ def notify_channel(schema: str) -> str:
     return f"{schema}_due"
 
 
+def attempts_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel that says which attempts were just recorded (the payload is
+    an attempt id); the HTTP API's attempt stream listens on it. Its suffix is as long as
+    the dispatchers' channel's, so the longest schema name allowed stays the same."""
+    return f"{schema}_att"
+
+
 def schema_identifiers(schema: str) -> dict[str, str]:
     """Every Postgres identifier built from the schema name, by what it is used for."""
-    return {"schema name": schema, "NOTIFY channel": notify_channel(schema)}
+    return {
+        "schema name": schema,
+        "NOTIFY channel": notify_channel(schema),
+        "attempts NOTIFY channel": attempts_channel(schema),
+    }
 
 
 def validate_schema_name(text: str) -> str:
@@ -234,6 +245,9 @@ class Settings:
     # is reached from outside, to make its links absolute (None: links are paths).
     portal_ttl: timedelta = timedelta(hours=1)
     public_url: str | None = None
+    # How often an idle attempt stream (`GET /v1/webhook_attempts/stream`) sends a comment,
+    # so proxies and clients can tell a quiet stream from a dead one.
+    api_stream_keepalive: timedelta = timedelta(seconds=15)
     # Set by `webhooks dev` for its children: development defaults, and quiet about them.
     is_dev: bool = False
 
@@ -295,6 +309,9 @@ class Settings:
                 get("WEBHOOKS_DISPATCH_POLL", "1s"), name="WEBHOOKS_DISPATCH_POLL"
             ),
             notify=parse_bool(env.get("WEBHOOKS_NOTIFY", "true"), name="WEBHOOKS_NOTIFY"),
+            api_stream_keepalive=parse_positive_duration(
+                get("WEBHOOKS_API_STREAM_KEEPALIVE", "15s"), name="WEBHOOKS_API_STREAM_KEEPALIVE"
+            ),
             secret_keys=parse_keys(env.get("WEBHOOKS_SECRET_KEY", "")),
             disable_after=parse_positive_duration(
                 get("WEBHOOKS_DISABLE_AFTER", "5d"), name="WEBHOOKS_DISABLE_AFTER"

@@ -52,6 +52,7 @@ def test_openapi_documents_every_route_with_examples_and_errors(client: TestClie
         ("/v1/webhook_deliveries/{delivery_id}", "get"),
         ("/v1/webhook_attempts", "get"),
         ("/v1/webhook_attempts/{attempt_id}", "get"),
+        ("/v1/webhook_attempts/stream", "get"),
     ]:
         assert route in routes
     for path, ops in spec["paths"].items():

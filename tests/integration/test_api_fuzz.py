@@ -43,6 +43,8 @@ def test_no_input_makes_the_api_answer_5xx_or_off_its_schema(api_url: str, api_k
     schema = schemathesis.openapi.from_url(api_url + "/v1/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 17
+    # The stream never ends while its client stays: test_api_stream.py checks its parameters.
+    operations = [op for op in operations if not op.path.endswith("/stream")]
 
     for operation in operations:
 

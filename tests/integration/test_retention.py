@@ -323,3 +323,58 @@ def test_prune_refuses_a_non_positive_age(engine: Engine, settings: Settings) ->
 
     with pytest.raises(InvalidArgument, match="older-than"):
         prune(engine, settings, older_than=timedelta(0))
+
+
+def test_prune_removes_expired_idempotency_answers_and_retired_api_keys(
+    engine: Engine, settings: Settings
+) -> None:
+    from webhooks.api._idempotency import claim, store
+    from webhooks.keys import create_key
+    from webhooks.pages import Scope
+
+    now = clock.now()
+    project = f"proj_{secrets.token_hex(4)}"
+    world = Scope(project_id=project, mode="live")
+    with engine.begin() as conn:
+        for key, at in (("old", now - timedelta(hours=25)), ("new", now - timedelta(hours=1))):
+            claim(conn, settings, world, key, "hash", at)
+            store(conn, settings, world, key, 201, {"id": key})
+        ids = {}
+        for name in ("revoked_long_ago", "expired_long_ago", "revoked_lately", "active"):
+            key, _ = create_key(conn, settings.db_schema, project_id=project, mode="live")
+            ids[name] = key.id
+        retired = sql(
+            "UPDATE {s}.api_keys SET revoked_at = :revoked, expires_at = :expires WHERE id = :id",
+            settings.db_schema,
+        )
+        long_ago = now - timedelta(days=40)
+        conn.execute(retired, {"id": ids["revoked_long_ago"], "revoked": long_ago, "expires": None})
+        conn.execute(retired, {"id": ids["expired_long_ago"], "revoked": None, "expires": long_ago})
+        conn.execute(retired, {"id": ids["revoked_lately"], "revoked": now, "expires": None})
+
+    counted = prune(engine, settings, older_than=timedelta(days=30), dry_run=True)
+    report = prune(engine, settings, older_than=timedelta(days=30), batch_size=1)
+
+    assert (counted.idempotency, counted.api_keys) == (1, 2)
+    assert (report.idempotency, report.api_keys) == (1, 2)
+    assert "2 revoked or expired API keys" in report.summary()
+    with engine.connect() as conn:
+        kept_answers = (
+            conn.execute(
+                sql(
+                    "SELECT idempotency_key FROM {s}.api_idempotency WHERE project_id = :p",
+                    settings.db_schema,
+                ),
+                {"p": project},
+            )
+            .scalars()
+            .all()
+        )
+        kept_keys = set(
+            conn.execute(
+                sql("SELECT id FROM {s}.api_keys WHERE project_id = :p", settings.db_schema),
+                {"p": project},
+            ).scalars()
+        )
+    assert kept_answers == ["new"]
+    assert kept_keys == {ids["revoked_lately"], ids["active"]}

@@ -7,8 +7,8 @@ serves with uvicorn and the Cloud API can mount in its own, with its own key loo
 
 from __future__ import annotations
 
-from webhooks.api._app import OPENAPI_URL, create_app
+from webhooks.api._app import OPENAPI_URL, create_app, serve
 from webhooks.api._auth import Identity, KeyLookup
 from webhooks.api._errors import ApiError
 
-__all__ = ["OPENAPI_URL", "ApiError", "Identity", "KeyLookup", "create_app"]
+__all__ = ["OPENAPI_URL", "ApiError", "Identity", "KeyLookup", "create_app", "serve"]

@@ -1,7 +1,8 @@
 """The ASGI application: FastAPI, the routes, the guard in front of them, errors as JSON.
 
-`create_app` builds it, with the portal's pages (`webhooks.portal`); `webhooks api` serves it
-with uvicorn, and the Cloud API may mount it in its own application with its own key lookup.
+`create_app` builds it, with the portal's pages (`webhooks.portal`); `serve` (`webhooks api`)
+serves it with uvicorn, and the Cloud API may mount it in its own application with its own key
+lookup.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
+import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +25,9 @@ from webhooks.api._errors import ApiError, invalid
 from webhooks.api._handling import ApiState
 from webhooks.api._portal_sessions import router as portal_sessions_router
 from webhooks.api._routes import router
+from webhooks.api._stream import attempt_frame
+from webhooks.api._stream import router as stream_router
+from webhooks.api._tail import AttemptTail
 from webhooks.database import create_engine
 from webhooks.errors import DatabaseUnavailable
 from webhooks.settings import Settings
@@ -75,12 +81,16 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
     settings = settings or Settings.from_env()
     engine = create_engine(settings, pool_size=10)
     state = ApiState(
-        settings=settings, engine=engine, lookup=key_lookup or key_table_lookup(engine, settings)
+        settings=settings,
+        engine=engine,
+        lookup=key_lookup or key_table_lookup(engine, settings),
+        tail=AttemptTail(settings, engine, render=attempt_frame),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        state.tail.close()
         engine.dispose()
 
     app = FastAPI(
@@ -93,6 +103,8 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
         redoc_url=None,
     )
     app.state.webhooks = state
+    # Before the routes: /v1/webhook_attempts/stream is not an attempt's id.
+    app.include_router(stream_router)
     app.include_router(router)
     app.include_router(portal_sessions_router)
     # The portal's pages: a session cookie admits their visitors, not an API key.
@@ -193,3 +205,31 @@ def _add_security_scheme(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending the attempt streams as soon as it is told to stop: a graceful shutdown
+    waits for open responses to finish, and a stream never finishes on its own."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def serve(app: FastAPI, *, host: str, port: int) -> None:
+    """Serve ``app`` (from `create_app`) with uvicorn until SIGINT or SIGTERM.
+
+    A Cloud API that mounts the app in its own server ends the streams at its shutdown with
+    ``app.state.webhooks.tail.close()`` (the app's lifespan does it, if the server runs it).
+    """
+    state: ApiState = app.state.webhooks
+    # Access logs are off: a request line may carry a cursor or an id, never a key, but the
+    # metrics and our own logs say what matters without a line per request.
+    config = uvicorn.Config(
+        app, host=host, port=port, access_log=False, proxy_headers=False, log_level="info"
+    )
+    _Server(config, on_exit=state.tail.end_all).run()

@@ -20,6 +20,7 @@ from webhooks.api._auth import Identity, KeyLookup
 from webhooks.api._cursors import decode_cursor, encode_cursor
 from webhooks.api._errors import ApiError, forbidden, invalid, refused
 from webhooks.api._idempotency import claim, request_hash, store, validate_key
+from webhooks.api._tail import AttemptTail
 from webhooks.database import sql, translate_errors
 from webhooks.errors import (
     EndpointNotFound,
@@ -38,11 +39,13 @@ CURSOR_KEY = "SELECT value FROM {s}.api_secrets WHERE name = 'cursor_key'"
 
 @dataclass
 class ApiState:
-    """One app's settings, engine and key lookup; the cursor key is read once, when needed."""
+    """One app's settings, engine, key lookup and attempt tail (the stream's listener); the
+    cursor key is read once, when needed."""
 
     settings: Settings
     engine: Engine
     lookup: KeyLookup
+    tail: AttemptTail
     _cursor_key: bytes | None = field(default=None, repr=False)
 
     @property

@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -26,10 +26,12 @@ from sqlalchemy.engine import Connection
 from webhooks.api._errors import ApiError, invalid
 from webhooks.database import sql
 from webhooks.pages import Scope
+from webhooks.retention import IDEMPOTENCY_KEPT_FOR
 from webhooks.sealing import seal, unseal
 from webhooks.settings import Settings
 
-KEPT_FOR = timedelta(hours=24)
+# `webhooks prune` deletes the answers older than this.
+KEPT_FOR = IDEMPOTENCY_KEPT_FOR
 MAX_KEY_LENGTH = 255
 
 CLAIM = """

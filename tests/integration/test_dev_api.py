@@ -1,0 +1,46 @@
+"""`webhooks dev` serves the HTTP API too, on a free port, and prints a curl with a test key."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+
+from sqlalchemy.engine import Engine
+
+from tests.processes import BIN
+from webhooks import clock
+from webhooks.keys import authenticate
+from webhooks.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dev_serves_the_api_and_prints_a_curl_with_a_test_key_of_the_demo_project(
+    env: dict[str, str], engine: Engine, settings: Settings, tmp_path: os.PathLike[str]
+) -> None:
+    result = subprocess.run(
+        [str(BIN / "webhooks"), "dev", "--exit-after-demo", "--data-dir", str(tmp_path),
+         "--flower-port", str(free_port())],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    served = re.search(r"HTTP API +(http://127\.0\.0\.1:\d+)/v1/openapi\.json", result.stdout)
+    assert served, result.stdout
+    assert re.search(r"api +\| .*Uvicorn running on " + re.escape(served.group(1)), result.stdout)
+    curl = re.search(
+        r"curl -s (\S+)/v1/events/simulate -H 'Authorization: Bearer (sk_test_\w+)'", result.stdout
+    )
+    assert curl and curl.group(1) == served.group(1), result.stdout
+    with engine.begin() as conn:
+        key = authenticate(conn, settings.db_schema, curl.group(2), clock.now())
+    assert (key.project_id, key.mode) == ("proj_demo", "test")
