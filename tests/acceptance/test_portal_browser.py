@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from sqlalchemy.engine import Engine
@@ -127,7 +127,12 @@ class Portal:
         return target
 
     def text(self) -> str:
-        return str(self.driver.find_element(By.TAG_NAME, "body").text)
+        """The page's text; empty while a navigation replaces the page under our feet (a
+        caller polling for some text then simply looks again)."""
+        try:
+            return str(self.driver.find_element(By.TAG_NAME, "body").text)
+        except StaleElementReferenceException:
+            return ""
 
     def new_link(self) -> str:
         response = httpx.post(
