@@ -23,7 +23,7 @@ from webhooks import __version__, clock
 from webhooks.api._auth import KeyLookup, admit, count_request, key_table_lookup
 from webhooks.api._errors import ApiError, invalid, server_error
 from webhooks.api._handling import ApiState
-from webhooks.api._health import HEALTH_PATH
+from webhooks.api._health import HEALTH_PATH, LIVE_PATH
 from webhooks.api._health import router as health_router
 from webhooks.api._portal_sessions import router as portal_sessions_router
 from webhooks.api._routes import router
@@ -38,8 +38,8 @@ log = logging.getLogger("webhooks.api")
 
 OPENAPI_URL = "/v1/openapi.json"
 # Served without a key and not rate-limited: the document that says how to call the rest, and
-# the probe of load balancers and orchestrators.
-PUBLIC_PATHS = frozenset({OPENAPI_URL, HEALTH_PATH})
+# the probes of load balancers and orchestrators.
+PUBLIC_PATHS = frozenset({OPENAPI_URL, HEALTH_PATH, LIVE_PATH})
 # On every answer: JSON is data, never something to sniff, render or keep in a cache.
 ALWAYS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
@@ -50,7 +50,8 @@ project in one mode, in the Cloud API's conventions: `Authorization: Bearer sk_l
 filters as query parameters, `Idempotency-Key` on POSTs, and errors as
 `{"error": {"type", "message", "param"}}`. Live keys get `X-RateLimit-Limit`,
 `X-RateLimit-Remaining` and `X-RateLimit-Reset` on every answer, and 429 with `Retry-After`
-past the limit. `GET /v1/health` (for probes) needs no key and is not limited."""
+past the limit. `GET /v1/health` and `GET /v1/health/live` (readiness and liveness
+probes) need no key and are not limited."""
 
 
 def _validation_error(exc: RequestValidationError) -> ApiError:

@@ -1,9 +1,13 @@
-"""``GET /v1/health``: is this API process able to answer? For load balancers and probes.
+"""``GET /v1/health`` and ``GET /v1/health/live``: the probes of load balancers and
+orchestrators.
 
-No key, no rate limit (the guard in `webhooks.api._app` lets it through, as it does the
-OpenAPI document): a probe has no key, and a probe counted against a limit would fail when
-the customers are busiest. It answers 200 when Postgres answers a ``SELECT 1``, 503
-otherwise, and says nothing else: no version, no hosts, no counts.
+``/v1/health`` is readiness: 200 when Postgres answers a ``SELECT 1``, 503 otherwise (take
+this process out of rotation). ``/v1/health/live`` is liveness: 200 whenever the process's
+event loop answers, whatever the database does, because restarting every API process during
+a database outage fixes nothing (deploy/README.md, *Probes*). Neither needs a key nor is
+rate-limited (the guard in `webhooks.api._app` lets them through, as it does the OpenAPI
+document): a probe has no key, and a probe counted against a limit would fail when the
+customers are busiest. They say nothing else: no version, no hosts, no counts.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from webhooks.database import sql
 log = logging.getLogger("webhooks.api")
 
 HEALTH_PATH = "/v1/health"
+LIVE_PATH = "/v1/health/live"
 PING = "SELECT 1"
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(reject_unknown_parameters)])
@@ -50,6 +55,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/health",
     response_model=Health,
+    summary="Readiness",
     responses=RESPONSES,
     tags=["health"],
     # Documented as needing no key (the document's default is the bearer key).
@@ -69,4 +75,18 @@ async def health(request: Request) -> JSONResponse:
     except SQLAlchemyError as exc:
         log.warning("api.health.unavailable", extra={"reason": type(exc).__name__})
         return server_error(503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get(
+    "/health/live",
+    response_model=Health,
+    responses={400: RESPONSES[400]},
+    tags=["health"],
+    summary="Liveness",
+    openapi_extra={"security": []},
+)
+async def liveness() -> JSONResponse:
+    """Liveness: 200 ``{"status": "ok"}`` whenever this process answers; it asks nothing of
+    the database (use `/v1/health` for readiness). Needs no key and is not rate-limited."""
     return JSONResponse({"status": "ok"})
