@@ -19,12 +19,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from webhooks import __version__, clock
+from webhooks import __version__, clock, metrics
 from webhooks.api._auth import KeyLookup, admit, count_request, key_table_lookup
 from webhooks.api._errors import ApiError, invalid, server_error
 from webhooks.api._handling import ApiState
 from webhooks.api._health import HEALTH_PATH, LIVE_PATH
 from webhooks.api._health import router as health_router
+from webhooks.api._observe import install as install_observer
 from webhooks.api._portal_sessions import router as portal_sessions_router
 from webhooks.api._routes import router
 from webhooks.api._stream import attempt_frame
@@ -143,6 +144,9 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
         response = await call_next(request)
         return _with(response, {**ALWAYS, **extra})
 
+    # Added last, so outermost: it counts and logs the guard's refusals too.
+    install_observer(app)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
@@ -217,14 +221,17 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:
-    """Serve ``app`` (from `create_app`) with uvicorn until SIGINT or SIGTERM.
+    """Serve ``app`` (from `create_app`) with uvicorn until SIGINT or SIGTERM, and the
+    process's ``/metrics`` on `WEBHOOKS_METRICS_PORT` when that is set.
 
     A Cloud API that mounts the app in its own server ends the streams at its shutdown with
     ``app.state.webhooks.tail.close()`` (the app's lifespan does it, if the server runs it).
     """
     state: ApiState = app.state.webhooks
-    # Access logs are off: a request line may carry a cursor or an id, never a key, but the
-    # metrics and our own logs say what matters without a line per request.
+    metrics.serve(state.settings)
+    # uvicorn's access log is off: its request line carries the query string (the caller's
+    # cursors and filters). Our own line per request (`api.request`, `webhooks.api._observe`)
+    # names the route template, status, duration and key id instead.
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, proxy_headers=False, log_level="info"
     )
