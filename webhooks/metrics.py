@@ -1,4 +1,5 @@
-"""Prometheus metrics of the workers and dispatchers (`prometheus-client`).
+"""Prometheus metrics of the workers and dispatchers (`prometheus-client`); the API process's
+own are in `webhooks.api._observe`, served the same way.
 
 Each process serves its own ``/metrics`` on `WEBHOOKS_METRICS_PORT` when that is set (give
 each process on a machine its own port). Names and labels are few and fixed, so series stay

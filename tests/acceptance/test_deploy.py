@@ -4,13 +4,14 @@ Every YAML file parses; every command the Compose file, the Kubernetes manifests
 and probes) and the systemd units would run exists here and accepts its arguments (the same
 argv plus ``--help`` exits 0, so an unknown flag fails); every environment variable they set
 is a setting the code reads; and the choices deploy/README.md promises hold (one image, two
-dispatchers, Flower with a password, Redis that keeps its data, no root, no liveness probe
-that fails on a backlog).
+dispatchers, Flower with a password, Redis that keeps its data, the API on ``$PORT`` with its
+probes on routes it serves, no root, no liveness probe that fails on a backlog or an outage).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ import yaml
 
 from tests.acceptance.support import ROOT
 from tests.processes import BIN
+from webhooks.api import OPENAPI_URL
 from webhooks.settings import Settings
 from workers import flower
 
@@ -161,12 +163,15 @@ def test_every_yaml_file_in_deploy_parses() -> None:
 
 def test_deploy_has_compose_dockerfile_systemd_units_and_kubernetes_manifests() -> None:
     services = compose()["services"]
-    assert {"postgres", "redis", "migrate", "dispatcher", "worker", "flower"} <= set(services)
+    assert {"postgres", "redis", "migrate", "dispatcher", "worker", "flower", "api"} <= set(
+        services
+    )
     assert (DEPLOY / "Dockerfile").is_file()
     assert set(systemd_units()) == {
         "webhooks-worker.service",
         "webhooks-dispatcher@.service",
         "webhooks-flower.service",
+        "webhooks-api.service",
         "webhooks-prune.service",
     }
     assert (SYSTEMD / "webhooks-prune.timer").is_file()
@@ -178,6 +183,8 @@ def test_deploy_has_compose_dockerfile_systemd_units_and_kubernetes_manifests() 
         ("Deployment", "webhooks-worker"),
         ("Deployment", "webhooks-flower"),
         ("Service", "webhooks-flower"),
+        ("Deployment", "webhooks-api"),
+        ("Service", "webhooks-api"),
         ("Secret", "webhooks"),
         ("ConfigMap", "webhooks"),
     } <= kinds
@@ -282,10 +289,10 @@ def test_two_dispatchers_run_everywhere() -> None:
     assert "webhooks-dispatcher@.service" in systemd_units()  # @1 and @2
 
 
-def test_dispatchers_and_workers_wait_for_the_migration() -> None:
+def test_dispatchers_workers_and_the_api_wait_for_the_migration() -> None:
     services = compose()["services"]
     assert services["migrate"]["command"] == ["webhooks", "migrate"]
-    for name in ("dispatcher", "worker"):
+    for name in ("dispatcher", "worker", "api"):
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully"
 
@@ -323,3 +330,62 @@ def test_nothing_runs_as_root() -> None:
         assert entries["Service.EnvironmentFile"] == ["/etc/webhooks/webhooks.env"], unit
         if unit != "webhooks-prune.service":  # started by webhooks-prune.timer
             assert entries["Install.WantedBy"] == ["multi-user.target"], unit
+
+
+def api_paths() -> set[str]:
+    """The paths the API serves without a key (probes must use one of these)."""
+    spec = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", API_PATHS],
+            env={**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    return {OPENAPI_URL} | {
+        path for path, ops in spec["paths"].items() if ops.get("get", {}).get("security") == []
+    }
+
+
+# The document, built without a database (nothing is asked of it until a request comes).
+API_PATHS = (
+    "import json; from webhooks.api import create_app; print(json.dumps(create_app().openapi()))"
+)
+
+
+def test_the_api_runs_everywhere_on_port_with_probes_on_its_health_routes() -> None:
+    assert "api: webhooks api" in (ROOT / "Procfile").read_text()
+    served = api_paths()
+    assert {"/v1/health", "/v1/health/live"} <= served
+    # Compose: PORT set, published on the host's loopback only, healthy on /v1/health.
+    service = compose()["services"]["api"]
+    assert service["command"] == ["webhooks", "api"]
+    port = service["environment"]["PORT"]
+    assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"127.0.0.1:{port}/v1/health'" in " ".join(service["healthcheck"]["test"])
+    assert "WEBHOOKS_API_TRUSTED_PROXIES" in service["environment"]
+    # systemd: PORT in the unit, on the loopback behind the machine's TLS proxy.
+    unit = systemd_units()["webhooks-api.service"]
+    assert unit["Service.ExecStart"] == [f"{SYSTEMD_BIN}webhooks api --host 127.0.0.1"]
+    assert "PORT=8000" in unit["Service.Environment"]
+    # Kubernetes: PORT is the port the probes and the Service use; readiness asks the
+    # database (/v1/health), liveness does not (/v1/health/live): an outage restarts nothing.
+    (container,) = [c for where, c in k8s_containers() if where.startswith("webhooks-api/")]
+    assert container["command"] == ["webhooks", "api"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(env["PORT"]) == ports["http"]
+    probes = {name: container[name]["httpGet"] for name in ("readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"] == {"path": "/v1/health", "port": "http"}
+    assert probes["livenessProbe"] == {"path": "/v1/health/live", "port": "http"}
+    assert {probe["path"] for probe in probes.values()} <= served
+    (service_obj,) = [
+        obj
+        for _, obj in k8s_objects()
+        if obj["kind"] == "Service" and obj["metadata"]["name"] == "webhooks-api"
+    ]
+    assert service_obj["spec"]["type"] == "ClusterIP"
+    assert service_obj["spec"]["ports"][0]["targetPort"] == "http"
+    assert service_obj["spec"]["selector"] == {"app.kubernetes.io/name": "webhooks-api"}

@@ -19,10 +19,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from webhooks import __version__, clock
+from webhooks import __version__, clock, metrics
 from webhooks.api._auth import KeyLookup, admit, count_request, key_table_lookup
-from webhooks.api._errors import ApiError, invalid
+from webhooks.api._errors import ApiError, invalid, server_error
 from webhooks.api._handling import ApiState
+from webhooks.api._health import HEALTH_PATH, LIVE_PATH
+from webhooks.api._health import router as health_router
+from webhooks.api._observe import install as install_observer
 from webhooks.api._portal_sessions import router as portal_sessions_router
 from webhooks.api._routes import router
 from webhooks.api._stream import attempt_frame
@@ -35,8 +38,9 @@ from webhooks.settings import Settings
 log = logging.getLogger("webhooks.api")
 
 OPENAPI_URL = "/v1/openapi.json"
-# Served without a key: the document that says how to call the rest.
-PUBLIC_PATHS = frozenset({OPENAPI_URL})
+# Served without a key and not rate-limited: the document that says how to call the rest, and
+# the probes of load balancers and orchestrators.
+PUBLIC_PATHS = frozenset({OPENAPI_URL, HEALTH_PATH, LIVE_PATH})
 # On every answer: JSON is data, never something to sniff, render or keep in a cache.
 ALWAYS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
@@ -47,7 +51,8 @@ project in one mode, in the Cloud API's conventions: `Authorization: Bearer sk_l
 filters as query parameters, `Idempotency-Key` on POSTs, and errors as
 `{"error": {"type", "message", "param"}}`. Live keys get `X-RateLimit-Limit`,
 `X-RateLimit-Remaining` and `X-RateLimit-Reset` on every answer, and 429 with `Retry-After`
-past the limit."""
+past the limit. `GET /v1/health` and `GET /v1/health/live` (readiness and liveness
+probes) need no key and are not limited."""
 
 
 def _validation_error(exc: RequestValidationError) -> ApiError:
@@ -107,6 +112,7 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
     app.include_router(stream_router)
     app.include_router(router)
     app.include_router(portal_sessions_router)
+    app.include_router(health_router)
     # The portal's pages: a session cookie admits their visitors, not an API key.
     install_portal(app)
     _add_security_scheme(app)
@@ -133,10 +139,13 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
                 return _with(exc.response(), ALWAYS)
             except DatabaseUnavailable:
                 log.exception("api_database_unavailable")
-                return _with(_server_error(503), ALWAYS)
+                return _with(server_error(503), ALWAYS)
             request.state.identity = identity
         response = await call_next(request)
         return _with(response, {**ALWAYS, **extra})
+
+    # Added last, so outermost: it counts and logs the guard's refusals too.
+    install_observer(app)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -159,23 +168,14 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
     @app.exception_handler(DatabaseUnavailable)
     async def database_error(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
         log.error("api_database_unavailable: %s", exc)
-        return _server_error(503)
+        return server_error(503)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("api_unexpected_error path=%s", request.url.path)
-        return _server_error(500)
+        return server_error(500)
 
     return app
-
-
-def _server_error(status: int) -> JSONResponse:
-    message = (
-        "the service is unavailable for a moment; retry with exponential backoff"
-        if status == 503
-        else "an error on our side; retry with exponential backoff"
-    )
-    return ApiError(status, "server", message).response()
 
 
 def _with(response: Response, headers: dict[str, str]) -> Response:
@@ -221,14 +221,17 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:
-    """Serve ``app`` (from `create_app`) with uvicorn until SIGINT or SIGTERM.
+    """Serve ``app`` (from `create_app`) with uvicorn until SIGINT or SIGTERM, and the
+    process's ``/metrics`` on `WEBHOOKS_METRICS_PORT` when that is set.
 
     A Cloud API that mounts the app in its own server ends the streams at its shutdown with
     ``app.state.webhooks.tail.close()`` (the app's lifespan does it, if the server runs it).
     """
     state: ApiState = app.state.webhooks
-    # Access logs are off: a request line may carry a cursor or an id, never a key, but the
-    # metrics and our own logs say what matters without a line per request.
+    metrics.serve(state.settings)
+    # uvicorn's access log is off: its request line carries the query string (the caller's
+    # cursors and filters). Our own line per request (`api.request`, `webhooks.api._observe`)
+    # names the route template, status, duration and key id instead.
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, proxy_headers=False, log_level="info"
     )

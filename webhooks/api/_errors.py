@@ -76,3 +76,13 @@ def forbidden(message: str) -> ApiError:
 def unauthenticated(message: str) -> ApiError:
     """401: no usable key."""
     return ApiError(401, "authentication", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def server_error(status: int) -> JSONResponse:
+    """5xx: ours (503: for a moment, such as the database not answering)."""
+    message = (
+        "the service is unavailable for a moment; retry with exponential backoff"
+        if status == 503
+        else "an error on our side; retry with exponential backoff"
+    )
+    return ApiError(status, "server", message).response()

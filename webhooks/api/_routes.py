@@ -89,7 +89,10 @@ async def raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-def _error(description: str, type_: str, message: str, param: str | None = None) -> dict[str, Any]:
+def error_doc(
+    description: str, type_: str, message: str, param: str | None = None
+) -> dict[str, Any]:
+    """An error answer as OpenAPI documents it: the shape and one example."""
     return {
         "model": s.ErrorBody,
         "description": description,
@@ -102,25 +105,25 @@ def _error(description: str, type_: str, message: str, param: str | None = None)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error(
+    400: error_doc(
         "A malformed or unknown parameter.", "invalid_request", "limit must be 1 to 100", "limit"
     ),
-    401: _error("No usable key.", "authentication", "the API key is not valid"),
-    403: _error("The key may not do this.", "permission", "this request needs a write key"),
-    404: _error(
+    401: error_doc("No usable key.", "authentication", "the API key is not valid"),
+    403: error_doc("The key may not do this.", "permission", "this request needs a write key"),
+    404: error_doc(
         "Not in the key's project and mode.", "not_found", "no webhook_endpoint ep_…", "id"
     ),
-    429: _error("Over the live key's rate limit.", "rate_limited", "retry after 12 s"),
+    429: error_doc("Over the live key's rate limit.", "rate_limited", "retry after 12 s"),
 }
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    409: _error(
+    409: error_doc(
         "Idempotency-Key reused.",
         "conflict",
         "this Idempotency-Key was already used",
         "Idempotency-Key",
     ),
-    422: _error("Refused by the domain.", "invalid_request", "endpoint URL must use https"),
+    422: error_doc("Refused by the domain.", "invalid_request", "endpoint URL must use https"),
 }
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(reject_unknown_parameters)])
