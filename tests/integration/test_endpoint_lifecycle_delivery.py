@@ -122,7 +122,9 @@ def test_a_request_on_the_wire_at_the_delete_is_recorded_and_nothing_follows(
     slow_ok, slow_failing = f"{path}/ok", f"{path}/failing"
     for slow, status in ((slow_ok, 200), (slow_failing, 503)):
         receiver.script(slow, [status])
-        receiver.delay(slow, 2.0)
+        # Long enough for two `webhooks endpoint delete` processes to start and commit on a
+        # loaded CI machine while both requests are still on the wire (the deadline is 10 s).
+        receiver.delay(slow, 6.0)
     ok_id, _ = new_endpoint(engine, settings, receiver.url(slow_ok), project)
     failing_id, _ = new_endpoint(engine, settings, receiver.url(slow_failing), project)
     event_id = publish_one(engine, settings, project)
