@@ -287,6 +287,7 @@ class _Dev:
             " -H 'Content-Type: application/json' -d '{\"type\": \"deployment.succeeded\"}'"
         )
         self.wait_for_api()
+        portal = self.portal_link()
         self.console.say(
             "\n".join(
                 [
@@ -294,6 +295,8 @@ class _Dev:
                     "webhooks dev is running:",
                     f"  Flower          http://127.0.0.1:{flower_port}",
                     f"  HTTP API        {self.api_url}/v1/openapi.json",
+                    f"  portal          {portal}",
+                    "                  (the demo project's page; the link opens once, for 1 h)",
                     f"  demo endpoint   {endpoint_id} -> {self.receiver.url} ({DEMO_PROJECT})",
                     f"  logs            {self.data_dir / 'logs'}",
                     "",
@@ -313,6 +316,24 @@ class _Dev:
                 ]
             )
         )
+
+    def portal_link(self) -> str:
+        """A portal link for the demo project's live endpoints, asked of the API as the
+        Cloud API's dashboard would, with a write key made for this run."""
+        import httpx
+
+        key = str(
+            self.cli_json("key", "create", "--project", DEMO_PROJECT, "--mode", "live")["key"]
+        )
+        answer = httpx.post(
+            self.api_url + "/v1/webhook_portal_sessions",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        if answer.status_code != 201:
+            raise DevError(f"the HTTP API refused a portal link: {answer.text[:200]}")
+        url = str(answer.json()["url"])
+        return url if url.startswith("http") else self.api_url + url
 
     def wait_for_api(self) -> None:
         """Return once the API answers, so the printed curl works when pasted."""

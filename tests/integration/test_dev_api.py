@@ -1,4 +1,5 @@
-"""`webhooks dev` serves the HTTP API too, on a free port, and prints a curl with a test key."""
+"""`webhooks dev` serves the HTTP API too, on a free port, and prints a curl with a test key
+and a portal link for its demo project."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Engine
 from tests.processes import BIN
 from webhooks import clock
 from webhooks.keys import authenticate
+from webhooks.portal_sessions import open_portal_session
 from webhooks.settings import Settings
 
 
@@ -44,3 +46,8 @@ def test_dev_serves_the_api_and_prints_a_curl_with_a_test_key_of_the_demo_projec
     with engine.begin() as conn:
         key = authenticate(conn, settings.db_schema, curl.group(2), clock.now())
     assert (key.project_id, key.mode) == ("proj_demo", "test")
+    portal = re.search(re.escape(served.group(1)) + r"/portal/enter/(pl_[\w-]+)", result.stdout)
+    assert portal, result.stdout
+    with engine.begin() as conn:
+        session, _ = open_portal_session(conn, settings.db_schema, portal.group(1), clock.now())
+    assert (session.project_id, session.mode) == ("proj_demo", "live")
