@@ -106,6 +106,7 @@ class _Dev:
     receiver: DemoReceiver | None = None
     env_file: Path | None = None
     api_url: str = ""
+    is_shut_down: bool = False
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -411,7 +412,10 @@ class _Dev:
     # -- shutdown ------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop the children (SIGTERM, then SIGKILL), the receiver, then the servers."""
+        """Stop the children (SIGTERM, then SIGKILL), the receiver, then the servers; once."""
+        if self.is_shut_down:
+            return
+        self.is_shut_down = True
         if self.children:
             self.console.say("stopping...")
         for child in self.children:
@@ -453,8 +457,11 @@ def run_dev(*, data_dir: Path, flower_port: int = 5555, stop_after_demo: bool = 
     data_dir.mkdir(parents=True, exist_ok=True)
     dev = _Dev(data_dir=data_dir, console=_Console())
     is_delivered = False
-    try:
-        with _stop_signals():
+    # One handler for the whole run, shutdown included: the first Ctrl-C (or SIGTERM) starts
+    # the shutdown and every later one is ignored, so the children are always stopped before
+    # the servers they use, whatever arrives meanwhile.
+    with _stop_signals():
+        try:
             dev.start_services()
             dev.migrate()
             dev.start_processes(flower_port)
@@ -463,14 +470,14 @@ def run_dev(*, data_dir: Path, flower_port: int = 5555, stop_after_demo: bool = 
             dev.print_summary(event_id, endpoint_id, flower_port)
             if not stop_after_demo:
                 dev.wait_for_interrupt()
-    except KeyboardInterrupt:
-        if not is_delivered:
-            _error("interrupted before the demo event was delivered")
-    except (DevError, EmbeddedServerError) as exc:
-        _error(str(exc))
-        return 1
-    finally:
-        with _stop_signals(ignore=True):
+        except KeyboardInterrupt:
+            if not is_delivered:
+                _error("interrupted before the demo event was delivered")
+        except (DevError, EmbeddedServerError) as exc:
+            _error(str(exc))
+            return 1
+        finally:
+            _ignore_stop_signals()
             dev.shutdown()
     return 0 if is_delivered else 1
 
@@ -480,28 +487,35 @@ def _error(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _stop_signals(*, ignore: bool = False) -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into KeyboardInterrupt (or ignore them, while shutting down).
+def _stop_signals() -> Iterator[None]:
+    """Turn the first SIGINT or SIGTERM into KeyboardInterrupt, and ignore any after it.
 
     SIGINT gets a handler of its own too: a shell starts background commands with SIGINT
     ignored, and Python then never raises KeyboardInterrupt, so `webhooks dev` could not be
-    stopped the way the banner says. While shutting down, a second Ctrl-C must not abandon
-    the children half-stopped (shutdown is bounded by its own timeouts).
+    stopped the way the banner says. Once one arrived, the shutdown it starts must not be
+    abandoned half-way by another (shutdown is bounded by its own timeouts); the previous
+    handlers come back when the block ends.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        _ignore_stop_signals()  # a second signal must not cut the shutdown this one starts
         raise KeyboardInterrupt
 
-    handler: Any = signal.SIG_IGN if ignore else interrupt
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def _ignore_stop_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _webhooks_command() -> Path:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
+import time
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from tests.processes import BIN
@@ -51,3 +54,45 @@ def test_dev_serves_the_api_and_prints_a_curl_with_a_test_key_of_the_demo_projec
     with engine.begin() as conn:
         session, _ = open_portal_session(conn, settings.db_schema, portal.group(1), clock.now())
     assert (session.project_id, session.mode) == ("proj_demo", "live")
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_shutdown_still_stops_every_process_and_exits_0(
+    env: dict[str, str], tmp_path: os.PathLike[str]
+) -> None:
+    flower_port = free_port()
+    dev = subprocess.Popen(
+        [str(BIN / "webhooks"), "dev", "--data-dir", str(tmp_path),
+         "--flower-port", str(flower_port)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    assert dev.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in dev.stdout:
+            seen.append(line)
+            if "Press Ctrl-C to stop." in line:
+                break
+        output = "".join(seen)
+        served = re.search(r"HTTP API +http://127\.0\.0\.1:(\d+)/", output)
+        assert served, output
+
+        # An impatient user (or `timeout`): Ctrl-C, and again while the first is being handled.
+        dev.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        dev.send_signal(signal.SIGINT)
+        rest, _ = dev.communicate(timeout=90)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+
+    assert dev.returncode == 0, output + rest
+    assert rest.count("stopping...") == 1, rest
+    assert "Traceback" not in rest, rest
+    for port in (int(served.group(1)), flower_port):  # the API and Flower were stopped too
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
