@@ -374,9 +374,9 @@ def endpoint_check(ctx: Context, endpoint_id: str, as_json: bool) -> None:
                 (
                     p.probe,
                     p.expected,
-                    printable(p.answer),
+                    p.answer,
                     "pass" if p.is_passed else "FAIL",
-                    printable(p.verdict.hint),
+                    p.verdict.hint,
                 )
                 for p in check.probes
             ],
@@ -388,11 +388,6 @@ def endpoint_check(ctx: Context, endpoint_id: str, as_json: bool) -> None:
             else f"{failed} of {len(check.probes)} probes were not answered as they should be"
         )
     raise SystemExit(0 if check.is_passed else 1)
-
-
-def printable(text: str) -> str:
-    """Receiver-controlled text, safe for a terminal: no escapes, no line breaks."""
-    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def parse_rate(text: str) -> float | None:
@@ -678,11 +673,9 @@ def deliveries_command(
                 d.mode,
                 d.state,
                 d.attempt_count,
-                printable(
-                    str(d.last_status or "")
-                    + (" " if d.last_status and d.last_error_kind else "")
-                    + (d.last_error_kind or "")
-                )
+                str(d.last_status or "")
+                + (" " if d.last_status and d.last_error_kind else "")
+                + (d.last_error_kind or "")
                 or None,
                 rfc3339(d.next_attempt_at),
             )

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from webhooks.display import escape_controls
+
 __all__ = ["DemoReceiver", "Failure", "ReceivedWebhook", "failure_for_path", "verify_signature"]
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
@@ -262,7 +264,7 @@ class DemoReceiver:
                         is_signature_valid=is_valid,
                         body=body,
                         headers={k.lower(): v for k, v in self.headers.items()},
-                        path=_printable(self.path),
+                        path=escape_controls(self.path),
                         failure=failure,
                     )
                 )
@@ -315,11 +317,6 @@ def _event_type(body: bytes) -> str:
         return ""
     value = envelope.get("type") if isinstance(envelope, dict) else None
     return value if isinstance(value, str) else ""
-
-
-def _printable(text: str) -> str:
-    # The path comes from whoever connects: never echo terminal escapes.
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _print_line(line: str) -> None:
