@@ -39,10 +39,11 @@ SELECT 'dlv_h' || g, 'evt_h' || g, (CAST(:endpoints AS text[]))[1 + g % {n}],
        'proj_c' || (g % {n}), 'succeeded', 1,
        now() - make_interval(secs => g), now() - make_interval(secs => g), now()
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g;
-INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, started_at,
-                          duration_ms, request_url, request_headers, response_status,
-                          response_headers, response_body)
-SELECT 'dlv_h' || g, 'evt_h' || g, (CAST(:endpoints AS text[]))[1 + g % {n}], 1, 'scheduled',
+INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, project_id, mode, number,
+                          trigger, started_at, duration_ms, request_url, request_headers,
+                          response_status, response_headers, response_body)
+SELECT 'dlv_h' || g, 'evt_h' || g, (CAST(:endpoints AS text[]))[1 + g % {n}],
+       'proj_c' || (g % {n}), 'live', 1, 'scheduled',
        now() - make_interval(secs => g), 3, 'https://example.com/hooks',
        '{{"content-type": "application/json", "webhook-id": "evt"}}', 204, '{{}}', ''
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g;

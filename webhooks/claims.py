@@ -272,8 +272,8 @@ SET attempt_count = :attempt_count, failed_attempts = :failed_attempts,
 WHERE id = :delivery_id
 """
 # The columns of an attempt row, in the order both INSERTs below give their values.
-ATTEMPT_COLUMNS = """(delivery_id, event_id, endpoint_id, number, trigger, started_at,
-    duration_ms, request_url, request_headers, response_status, response_headers,
+ATTEMPT_COLUMNS = """(delivery_id, event_id, endpoint_id, project_id, mode, number, trigger,
+    started_at, duration_ms, request_url, request_headers, response_status, response_headers,
     response_body, error_kind, error_message, claim_token)"""
 
 # Both ways of storing an attempt end with this: with `WEBHOOKS_NOTIFY` on, a notification
@@ -310,7 +310,8 @@ WITH d AS (
 INSERT INTO {s}.attempts """
     + ATTEMPT_COLUMNS
     + """
-SELECT d.id, :event_id, :endpoint_id, d.attempt_count, 'scheduled', :started_at, :duration_ms,
+SELECT d.id, :event_id, :endpoint_id, :project_id, :mode, d.attempt_count, 'scheduled',
+    :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
     CAST(:response_headers AS jsonb), :response_body, NULL, NULL, CAST(:token AS uuid)
 FROM d"""
@@ -327,7 +328,8 @@ INSERT_ATTEMPT = (
 INSERT INTO {s}.attempts """
     + ATTEMPT_COLUMNS
     + """
-VALUES (:delivery_id, :event_id, :endpoint_id, :number, :trigger, :started_at, :duration_ms,
+VALUES (:delivery_id, :event_id, :endpoint_id, :project_id, :mode, :number, :trigger,
+    :started_at, :duration_ms,
     :request_url, CAST(:request_headers AS jsonb), :response_status,
     CAST(:response_headers AS jsonb), :response_body, :error_kind, :error_message,
     CAST(:token AS uuid))"""
@@ -852,6 +854,8 @@ def _attempt_row(
         "delivery_id": claim.delivery_id,
         "event_id": claim.event_id,
         "endpoint_id": claim.endpoint_id,
+        "project_id": job.project_id,
+        "mode": job.mode,
         "started_at": started_at,
         "duration_ms": round(outcome.duration.total_seconds() * 1000),
         "request_url": job.url,

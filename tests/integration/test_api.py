@@ -385,12 +385,16 @@ def test_an_attempt_is_shown_in_full_as_data_without_internal_addresses(
         ):
             conn.execute(
                 sql(
-                    "INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, "
+                    "INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, project_id, "
+                    "mode, "
+                    "number, "
                     "trigger, started_at, duration_ms, request_url, request_headers, "
                     "response_status, response_headers, response_body, error_kind, "
-                    "error_message) VALUES (:d, :e, :ep, :n, 'scheduled', now(), 5, "
+                    "error_message) SELECT :d, :e, :ep, d.project_id, d.mode, "
+                    ":n, 'scheduled', now(), 5, "
                     "'https://hooks.example.com/x', CAST(:rh AS jsonb), :status, "
-                    "CAST(:sh AS jsonb), :body, :kind, :message)",
+                    "CAST(:sh AS jsonb), :body, :kind, :message "
+                    "FROM {s}.deliveries d WHERE d.id = :d",
                     settings.db_schema,
                 ),
                 {

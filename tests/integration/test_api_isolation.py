@@ -49,11 +49,14 @@ def _insert_attempt(engine: Engine, settings: Settings, event_id: str, endpoint_
         )
         conn.execute(
             sql(
-                "INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, "
+                "INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, project_id, mode, "
+                "number, trigger, "
                 "started_at, duration_ms, request_url, request_headers, response_status, "
-                "response_headers, response_body, error_kind, error_message) VALUES "
-                "(:d, :e, :ep, 1, 'scheduled', now(), 5, :url, CAST(:rh AS jsonb), 500, "
-                "CAST(:rh AS jsonb), 'no', NULL, NULL)",
+                "response_headers, response_body, error_kind, error_message) "
+                "SELECT :d, :e, :ep, d.project_id, d.mode, "
+                "1, 'scheduled', now(), 5, :url, CAST(:rh AS jsonb), 500, "
+                "CAST(:rh AS jsonb), 'no', NULL, NULL "
+                "FROM {s}.deliveries d WHERE d.id = :d",
                 settings.db_schema,
             ),
             {"d": delivery_id, "e": event_id, "ep": endpoint_id, "url": URL, "rh": "{}"},

@@ -219,6 +219,9 @@ def test_rows_stored_before_modes_are_live_and_keep_their_bytes(
                 "VALUES ('evt_old', 'proj_old', 'deployment.succeeded', :payload, now())",
                 "INSERT INTO {s}.deliveries (id, event_id, endpoint_id, created_at, updated_at) "
                 "VALUES ('dlv_old', 'evt_old', 'ep_old', now(), now())",
+                "INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, "
+                "started_at, duration_ms, request_url, request_headers) VALUES ('dlv_old', "
+                "'evt_old', 'ep_old', 1, 'scheduled', now(), 5, 'https://example.com', '{}')",
             ):
                 conn.execute(sql(statement, settings.db_schema), {"payload": payload})
 
@@ -230,6 +233,12 @@ def test_rows_stored_before_modes_are_live_and_keep_their_bytes(
                 sql("SELECT mode, project_id FROM {s}.deliveries", settings.db_schema)
             ).one()
         assert (row.mode, row.project_id) == ("live", "proj_old")
+        with engine.connect() as conn:
+            attempt = conn.execute(
+                sql("SELECT mode, project_id FROM {s}.attempts", settings.db_schema)
+            ).one()
+        # Copied from its delivery (0015), so the API lists it from its own index.
+        assert (attempt.mode, attempt.project_id) == ("live", "proj_old")
     finally:
         engine.dispose()
     shown = cli_ok(env, "event", "show", "evt_old", "--json")

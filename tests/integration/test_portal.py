@@ -224,12 +224,14 @@ def _hostile_attempt(engine: Engine, settings: Settings, project: str) -> tuple[
         ).scalar_one()
         attempt = conn.execute(
             sql(
-                "INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, "
+                "INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, project_id, mode, "
+                "number, "
                 "trigger, started_at, duration_ms, request_url, request_headers, "
                 "response_status, response_headers, response_body, error_kind, "
-                "error_message) VALUES (:d, :e, :ep, 1, 'scheduled', now(), 5, :url, "
-                "CAST(:rh AS jsonb), 500, CAST(:sh AS jsonb), :body, 'http_status', 'HTTP 500') "
-                "RETURNING id",
+                "error_message) SELECT :d, :e, :ep, d.project_id, d.mode, "
+                "1, 'scheduled', now(), 5, :url, "
+                "CAST(:rh AS jsonb), 500, CAST(:sh AS jsonb), :body, 'http_status', 'HTTP 500' "
+                "FROM {s}.deliveries d WHERE d.id = :d RETURNING id",
                 settings.db_schema,
             ),
             {

@@ -41,11 +41,12 @@ SELECT 'dlv_' || :endpoint || :prefix || lpad(i::text, 6, '0'), :prefix || lpad(
 FROM generate_series(1, :n) AS i
 """
 ATTEMPTS = """
-INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, number, trigger, started_at,
-                          duration_ms, request_url, request_headers, response_status,
-                          response_body, error_kind)
+INSERT INTO {s}.attempts (delivery_id, event_id, endpoint_id, project_id, mode, number,
+                          trigger, started_at, duration_ms, request_url, request_headers,
+                          response_status, response_body, error_kind)
 SELECT 'dlv_' || :endpoint || :prefix || lpad(i::text, 6, '0'), :prefix || lpad(i::text, 6, '0'),
-       :endpoint, k, 'scheduled', :at + i * interval '1 ms' + (k - 1) * :step,
+       :endpoint, 'proj_retention', 'live', k, 'scheduled',
+       :at + i * interval '1 ms' + (k - 1) * :step,
        120, 'http://127.0.0.1:9/hook', '{"content-type": "application/json"}', 500,
        repeat('x', 200), 'http_status'
 FROM generate_series(1, :n) AS i, generate_series(1, :k) AS k
