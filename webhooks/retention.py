@@ -15,7 +15,9 @@ deleted whole batches and resumes by simply running again):
 4. **the HTTP API's rows**: answers kept for an ``Idempotency-Key`` once older than
    `IDEMPOTENCY_KEPT_FOR` (24 h, whatever the cutoff: the key then starts again anyway),
    API keys revoked or expired before the cutoff (never usable again; a key rotated from
-   one keeps working and loses only the link), and rate-limit windows that ended a day ago.
+   one keeps working and loses only the link), portal sessions whose link and session
+   expired or were revoked before the cutoff (an old link then reads as unknown rather than
+   expired: both refuse it), and rate-limit windows that ended a day ago.
 
 Either phase deletes rows of an event only if the event is *settled*: every one of its
 deliveries is ``succeeded``, ``failed`` or ``cancelled`` and none has a ``pending`` or
@@ -159,6 +161,9 @@ SELECT project_id, mode, idempotency_key FROM {s}.api_idempotency
 WHERE created_at < :before LIMIT :limit"""
 _RETIRED_KEYS = """
 SELECT id FROM {s}.api_keys WHERE revoked_at < :cutoff OR expires_at < :cutoff LIMIT :limit"""
+_ENDED_PORTAL_SESSIONS = """
+SELECT id FROM {s}.portal_sessions WHERE revoked_at < :cutoff OR expires_at < :cutoff
+LIMIT :limit"""
 _STALE_WINDOWS = """
 SELECT key_id FROM {s}.api_rate_limits WHERE window_start < :stale LIMIT :limit"""
 # Each statement of a batch: the rows deleted, or with ``dry_run``, counted.
@@ -172,6 +177,11 @@ API_ROWS = {
     "api_keys": (
         "DELETE FROM {s}.api_keys WHERE id IN (" + _RETIRED_KEYS + ")",
         "SELECT count(*) FROM {s}.api_keys WHERE revoked_at < :cutoff OR expires_at < :cutoff",
+    ),
+    "portal_sessions": (
+        "DELETE FROM {s}.portal_sessions WHERE id IN (" + _ENDED_PORTAL_SESSIONS + ")",
+        "SELECT count(*) FROM {s}.portal_sessions "
+        "WHERE revoked_at < :cutoff OR expires_at < :cutoff",
     ),
     "rate_limits": (
         "DELETE FROM {s}.api_rate_limits WHERE key_id IN (" + _STALE_WINDOWS + ")",
@@ -195,6 +205,7 @@ class PruneReport:
     recoveries: int = 0
     idempotency: int = 0
     api_keys: int = 0
+    portal_sessions: int = 0
     rate_limits: int = 0
     batches: int = 0
     elapsed: timedelta = timedelta(0)
@@ -206,10 +217,10 @@ class PruneReport:
         """One line for humans, e.g. for the CLI's final message."""
         verb = "would delete" if self.dry_run else "deleted"
         api = ""
-        if self.idempotency or self.api_keys:
+        if self.idempotency or self.api_keys or self.portal_sessions:
             api = (
-                f" (and {self.api_keys} revoked or expired API keys, {self.idempotency} "
-                "Idempotency-Key answers past 24 h)"
+                f" (and {self.api_keys} revoked or expired API keys, {self.portal_sessions} "
+                f"ended portal sessions, {self.idempotency} Idempotency-Key answers past 24 h)"
             )
         return (
             f"{verb} {self.attempts} attempts, {self.events} events, {self.deliveries} "
@@ -230,6 +241,7 @@ class PruneReport:
             "recoveries": self.recoveries,
             "idempotency": self.idempotency,
             "api_keys": self.api_keys,
+            "portal_sessions": self.portal_sessions,
             "rate_limits": self.rate_limits,
             "batches": self.batches,
             "elapsed_seconds": round(self.elapsed.total_seconds(), 3),

@@ -326,12 +326,13 @@ def test_prune_refuses_a_non_positive_age(engine: Engine, settings: Settings) ->
         prune(engine, settings, older_than=timedelta(0))
 
 
-def test_prune_removes_expired_idempotency_answers_and_retired_api_keys(
+def test_prune_removes_expired_idempotency_answers_retired_api_keys_and_portal_sessions(
     engine: Engine, settings: Settings
 ) -> None:
     from webhooks.api._idempotency import claim, store
     from webhooks.keys import create_key
     from webhooks.pages import Scope
+    from webhooks.portal_sessions import create_portal_session, revoke_portal_session
 
     now = clock.now()
     project = f"proj_{secrets.token_hex(4)}"
@@ -352,13 +353,33 @@ def test_prune_removes_expired_idempotency_answers_and_retired_api_keys(
         conn.execute(retired, {"id": ids["revoked_long_ago"], "revoked": long_ago, "expires": None})
         conn.execute(retired, {"id": ids["expired_long_ago"], "revoked": None, "expires": long_ago})
         conn.execute(retired, {"id": ids["revoked_lately"], "revoked": now, "expires": None})
+        sessions = {}
+        for name, created, ttl in (
+            ("expired_long_ago", now - timedelta(days=41), timedelta(days=1)),
+            ("revoked_long_ago", now - timedelta(days=41), timedelta(days=365)),
+            ("expired_lately", now - timedelta(days=2), timedelta(days=1)),
+            ("open", now, timedelta(hours=1)),
+        ):
+            session, _ = create_portal_session(
+                conn,
+                settings.db_schema,
+                project_id=project,
+                mode="live",
+                key_id="key_x",
+                ttl=ttl,
+                now=created,
+            )
+            sessions[name] = session.id
+        revoke_portal_session(
+            conn, settings.db_schema, world, sessions["revoked_long_ago"], long_ago
+        )
 
     counted = prune(engine, settings, older_than=timedelta(days=30), dry_run=True)
     report = prune(engine, settings, older_than=timedelta(days=30), batch_size=1)
 
-    assert (counted.idempotency, counted.api_keys) == (1, 2)
-    assert (report.idempotency, report.api_keys) == (1, 2)
-    assert "2 revoked or expired API keys" in report.summary()
+    assert (counted.idempotency, counted.api_keys, counted.portal_sessions) == (1, 2, 2)
+    assert (report.idempotency, report.api_keys, report.portal_sessions) == (1, 2, 2)
+    assert "2 revoked or expired API keys, 2 ended portal sessions" in report.summary()
     with engine.connect() as conn:
         kept_answers = (
             conn.execute(
@@ -377,5 +398,15 @@ def test_prune_removes_expired_idempotency_answers_and_retired_api_keys(
                 {"p": project},
             ).scalars()
         )
+        kept_sessions = set(
+            conn.execute(
+                sql(
+                    "SELECT id FROM {s}.portal_sessions WHERE project_id = :p",
+                    settings.db_schema,
+                ),
+                {"p": project},
+            ).scalars()
+        )
     assert kept_answers == ["new"]
     assert kept_keys == {ids["revoked_lately"], ids["active"]}
+    assert kept_sessions == {sessions["expired_lately"], sessions["open"]}
