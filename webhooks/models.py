@@ -70,7 +70,9 @@ class Endpoint:
             "project_id": self.project_id,
             "mode": self.mode,
             "event_types": list(self.event_types),
-            "enabled": self.enabled,
+            # A deleted endpoint keeps its flag in the row (enable/disable refuse it), but
+            # "enabled": true beside "health": "deleted" would say it still receives.
+            "enabled": self.enabled and not self.is_deleted,
             "disabled_reason": self.disabled_reason,
             "health": self.health,
             "failing_since": rfc3339(self.failing_since),

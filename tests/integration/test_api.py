@@ -170,7 +170,8 @@ def test_patch_and_delete_change_the_endpoint_and_a_deleted_one_cannot_be_change
     assert empty.status_code == 400
     deleted = client.delete(path, headers=bearer(key))
     assert deleted.status_code == 200 and deleted.json()["deleted"] is True
-    assert client.get(path, headers=bearer(key)).json()["health"] == "deleted"
+    gone = client.get(path, headers=bearer(key)).json()
+    assert (gone["health"], gone["enabled"]) == ("deleted", False)
     assert client.patch(path, json={"description": "x"}, headers=bearer(key)).status_code == 404
     assert client.get("/v1/webhook_endpoints", headers=bearer(key)).json()["data"] == []
 
