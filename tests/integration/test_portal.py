@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from tests.api_support import bearer, new_key
-from tests.helpers import new_endpoint, publish_expanded
+from tests.helpers import expand, new_endpoint, publish_expanded
 from webhooks import clock
 from webhooks.api import create_app
 from webhooks.database import sql
@@ -310,6 +310,7 @@ def test_actions_add_rotate_test_replay_and_edit_through_the_api_paths(
         .headers["location"]
         .endswith("done=tested")
     )
+    expand(engine, settings)  # what a dispatcher does just after the commit
     with engine.connect() as conn:
         event_id, mode = conn.execute(
             sql(
