@@ -13,6 +13,7 @@ from tests.polling import wait_for
 from tests.processes import BIN
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
+from webhooks.expansion import Expanded, Expander, expand_events
 from webhooks.history import get_deliveries, list_attempts
 from webhooks.models import Attempt, Delivery
 from webhooks.outbox import publish
@@ -53,6 +54,21 @@ def publish_one(
             settings=settings,
             **kwargs,
         )
+
+
+def publish_expanded(
+    engine: Engine,
+    settings: Settings,
+    project: str,
+    event_type: str = "deployment.succeeded",
+    data: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> str:
+    """`publish_one`, then the expansion a dispatcher would do right after the commit: for
+    tests that run no dispatcher and read the event's deliveries."""
+    event_id = publish_one(engine, settings, project, event_type, data, **kwargs)
+    expand(engine, settings, event_id)
+    return event_id
 
 
 def deliveries(engine: Engine, settings: Settings, event_id: str) -> list[Delivery]:
@@ -106,3 +122,13 @@ def cli_ok(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
     result = run_cli(env, *args, stdin=stdin)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout) if "--json" in args else result.stdout + result.stderr
+
+
+def expand(engine: Engine, settings: Settings, *event_ids: str) -> Expanded:
+    """Expand committed events into their deliveries, as a dispatcher's round does: for tests
+    that publish with no dispatcher running, then read deliveries. With ids, those events
+    (after a dispatcher that holds one commits); without, every event awaiting expansion."""
+    if event_ids:
+        with engine.begin() as conn:
+            return expand_events(conn, settings, event_ids)
+    return Expander(engine, settings).run(budget=float("inf"))

@@ -38,6 +38,7 @@ from webhooks.endpoints import (
 )
 from webhooks.errors import InvalidArgument, InvalidPayload, WebhookError
 from webhooks.event_types import validate_filters
+from webhooks.expansion import expand_event
 from webhooks.history import (
     MAX_LISTED,
     get_deliveries,
@@ -948,17 +949,21 @@ def trigger_command(
             data=payload,
             endpoint_id=endpoint_id,
         )
-    if result.deliveries == 0:
+    # Committed like any publish; expanded here at once (as a dispatcher would, or after
+    # the one that got there first) so the developer learns where it went.
+    with ctx.transaction() as conn:
+        routed = expand_event(conn, ctx.settings, result.id)
+    if routed == 0:
         click.echo(
             f"warning: no test endpoint of {project_id} subscribes to {event_type}; add one "
             f"with `webhooks endpoint add URL --project {project_id} --mode test`",
             err=True,
         )
     if as_json:
-        emit_json({"id": result.id, "mode": "test", "deliveries": result.deliveries})
+        emit_json({"id": result.id, "mode": "test", "deliveries": routed})
     else:
-        plural = "delivery" if result.deliveries == 1 else "deliveries"
-        click.echo(f"{result.id}  (test mode, {result.deliveries} {plural})")
+        plural = "delivery" if routed == 1 else "deliveries"
+        click.echo(f"{result.id}  (test mode, {routed} {plural})")
 
 
 @sandbox_group.command("advance")

@@ -2,9 +2,11 @@
 
 A filter is an exact type (``deployment.succeeded``) or ``prefix.*``, which matches every type
 that starts with ``prefix.`` (``deployment.*`` matches ``deployment.build.failed``). An empty
-filter list matches everything. The same rule is written once more in SQL, in
-`outbox.PUBLISH` (and `recovery`), so fan-out happens inside the publishing transaction;
-tests/integration/test_modes.py proves the two agree on random histories.
+filter list matches everything. The rule is written twice: `matches` in Python (the live
+stream's type filter, and the tests' expectations) and `SUBSCRIBED_SQL`, which the statements
+that route events into deliveries run (`expansion`, `recovery`);
+tests/integration/test_expansion.py proves the two agree on random filters and types, as the
+expansion runs the SQL.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from webhooks.errors import InvalidEventType
 
 _TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 MAX_TYPE_LENGTH = 200
+
+# `matches` in SQL: endpoint ``e`` subscribes to event ``ev`` (the aliases of the statements
+# it is put in).
+SUBSCRIBED_SQL = """(cardinality(e.event_types) = 0 OR ev.type = ANY (e.event_types)
+       OR EXISTS (SELECT 1 FROM unnest(e.event_types) f
+                  WHERE right(f, 2) = '.*' AND starts_with(ev.type, left(f, -1))))"""
 
 
 def validate_event_type(event_type: str) -> str:

@@ -4,7 +4,7 @@ and a sortable body.
 The body is a ULID-like 26-character Crockford base32 string: 48 bits of milliseconds then 80
 random bits, so ids sort by creation time (handy in listings and in `--since` scans) and never
 collide in practice across processes. Delivery ids (`dlv_` + 32 hex digits of a random UUID)
-are made in SQL by the fan-out, one per endpoint, and do not sort by time.
+are made in SQL by the expansion (`expansion`), one per endpoint, and do not sort by time.
 """
 
 from __future__ import annotations

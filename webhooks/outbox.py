@@ -1,5 +1,6 @@
-"""The transactional outbox: `publish()` records an event and its deliveries in the caller's
-transaction, so an event exists for delivery exactly when the API's own change committed.
+"""The transactional outbox: `publish()` records an event in the caller's transaction, so an
+event exists for delivery exactly when the API's own change committed. The dispatchers turn
+it into its deliveries after the commit (`webhooks.expansion`).
 """
 
 from __future__ import annotations
@@ -24,41 +25,24 @@ MAX_ENVELOPE_BYTES = 262_144
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_PROJECT_ID_LENGTH = 200
 
-# One round trip records the event, fans it out to every subscribed endpoint of the project
-# and, if any delivery is due, notifies the dispatchers (delivered at commit). A disabled
-# endpoint still gets its delivery, held (next_attempt_at NULL) until it is enabled; a deleted
-# one gets nothing. Only endpoints of the event's project and mode are candidates; the filter
-# rule is `event_types.matches`, in SQL. `only_endpoint` (`webhooks trigger --endpoint`) sends a
-# simulated event to that one endpoint, whatever its filter says.
+# One round trip records the event and, when WEBHOOKS_NOTIFY is on, wakes the dispatchers
+# (delivered at commit; never if the caller rolls back). The deliveries are written after the
+# commit, when a dispatcher expands the event (`expansion`), so the caller's transaction
+# touches the events table alone, whatever the number of endpoints listening. `only_endpoint`
+# (`webhooks trigger --endpoint`, an endpoint's test event) is kept for the expansion, which
+# sends the event to that one endpoint whatever its filter says.
 PUBLISH = """
 WITH event AS (
-    INSERT INTO {s}.events (id, project_id, mode, type, payload, idempotency_key, created_at)
-    VALUES (:id, :project_id, :mode, :type, :payload, :idempotency_key, :created_at)
+    INSERT INTO {s}.events (id, project_id, mode, type, payload, idempotency_key, only_endpoint,
+                            created_at, expanded_at)
+    VALUES (:id, :project_id, :mode, :type, :payload, :idempotency_key, :only_endpoint,
+            :created_at, NULL)
     ON CONFLICT (project_id, mode, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
-), fan_out AS (
-    INSERT INTO {s}.deliveries
-        (id, event_id, endpoint_id, project_id, mode, state, next_attempt_at, created_at,
-         updated_at)
-    SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, e.id, :project_id,
-           :mode, 'pending', CASE WHEN e.enabled THEN :now END, :now, :now
-    FROM event, {s}.endpoints e
-    WHERE e.project_id = :project_id AND e.mode = :mode AND e.deleted_at IS NULL
-      AND CASE WHEN CAST(:only_endpoint AS text) IS NOT NULL THEN e.id = :only_endpoint
-          ELSE cardinality(e.event_types) = 0
-               OR :type = ANY (e.event_types)
-               OR EXISTS (SELECT 1 FROM unnest(e.event_types) f
-                          WHERE right(f, 2) = '.*' AND starts_with(:type, left(f, -1)))
-          END
-    RETURNING next_attempt_at
-), counted AS (
-    SELECT (SELECT id FROM event) AS id,
-           (SELECT count(*) FROM fan_out WHERE next_attempt_at IS NOT NULL) AS due,
-           (SELECT count(*) FROM fan_out) AS routed
 )
-SELECT id, due, routed, CASE WHEN CAST(:notify AS boolean) AND due > 0
-                     THEN pg_notify(:channel, '') END AS notified
-FROM counted
+SELECT (SELECT id FROM event) AS id,
+       CASE WHEN CAST(:notify AS boolean) AND EXISTS (SELECT 1 FROM event)
+            THEN pg_notify(:channel, '') END AS notified
 """
 
 EXISTING_EVENT = """
@@ -69,12 +53,12 @@ WHERE project_id = :project_id AND mode = :mode AND idempotency_key = :idempoten
 
 @dataclass(frozen=True)
 class PublishResult:
-    """The id of the published event, whether an earlier publish already recorded it, and
-    how many deliveries this publish created (none for a duplicate)."""
+    """The id of the published event, and whether an earlier publish already recorded it.
+
+    How many deliveries it makes is known once it is expanded (`expansion.expand_event`)."""
 
     id: str
     duplicate: bool
-    deliveries: int = 0
 
 
 def channel(settings: Settings) -> str:
@@ -218,7 +202,6 @@ def publish_event(
         "payload": payload,
         "idempotency_key": idempotency_key,
         "created_at": now.replace(microsecond=0),
-        "now": now,
         "notify": settings.notify,
         "channel": channel(settings),
     }
@@ -226,7 +209,7 @@ def publish_event(
     if row.id is None:
         existing = session.execute(sql(EXISTING_EVENT, settings.db_schema), params).scalar_one()
         return PublishResult(id=existing, duplicate=True)
-    return PublishResult(id=row.id, duplicate=False, deliveries=int(row.routed))
+    return PublishResult(id=row.id, duplicate=False)
 
 
 def publish(
@@ -241,8 +224,10 @@ def publish(
 ) -> str:
     """Publish an event inside the caller's transaction and return its id (``evt_…``).
 
-    Rolled back, the event is never delivered; committed, it is delivered to every enabled
-    endpoint of the project and mode whose filter matches, at least once. Publishing again with an
+    Rolled back, the event is never delivered; committed, it is delivered at least once to
+    every enabled endpoint of the project and mode whose filter matches when a dispatcher
+    expands it into deliveries (normally within milliseconds of the commit; the transaction
+    writes the event row alone, whatever the number of endpoints). Publishing again with an
     idempotency key already used in the project returns the first event's id and delivers
     nothing more.
 

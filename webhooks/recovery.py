@@ -28,7 +28,8 @@ from sqlalchemy.engine import Connection, Engine
 from webhooks.database import sql
 from webhooks.endpoints import get_endpoint
 from webhooks.errors import InvalidArgument, RecoveryNotFound
-from webhooks.event_types import validate_filters
+from webhooks.event_types import SUBSCRIBED_SQL, validate_filters
+from webhooks.expansion import expand_events
 from webhooks.ids import new_id
 from webhooks.models import DELIVERY_STATES, rfc3339
 from webhooks.modes import Mode, validate_mode
@@ -44,10 +45,8 @@ _EVENTS = """ev.project_id = :project_id AND ev.mode = :mode
   AND ev.created_at >= :since AND ev.created_at < :until
   AND (CAST(:event_type AS text) IS NULL OR ev.type = :event_type
        OR (right(:event_type, 2) = '.*' AND starts_with(ev.type, left(:event_type, -1))))"""
-# The endpoint's filter, as fan-out applies it (`event_types.matches`, `outbox.PUBLISH`).
-_SUBSCRIBED = """(cardinality(e.event_types) = 0 OR ev.type = ANY (e.event_types)
-       OR EXISTS (SELECT 1 FROM unnest(e.event_types) f
-                  WHERE right(f, 2) = '.*' AND starts_with(ev.type, left(f, -1))))"""
+# The endpoint's filter, as the expansion applies it.
+_SUBSCRIBED = SUBSCRIBED_SQL
 # Every (event, endpoint) pair the recovery sends: a delivery in the selected state, or
 # (with include_unrouted) no delivery at all to an endpoint that subscribes to the event now.
 # Deleted endpoints are never sent to.
@@ -378,6 +377,9 @@ def _queue_batch(conn: Connection, settings: Settings, row: Any, now: datetime, 
     }
     page = conn.execute(sql(EVENT_PAGE, schema), params).all()
     params["event_ids"] = [event.id for event in page]
+    # An event committed moments ago gets its deliveries first, as a dispatcher would give
+    # them, so the rules below see them and `include_unrouted` adds none of its own.
+    expand_events(conn, settings, params["event_ids"])
     created: list[str] = []
     if page and row.include_unrouted:
         created = list(conn.execute(sql(ROUTE_MISSING, schema), params).scalars())

@@ -22,6 +22,7 @@ from webhooks import clock
 from webhooks.database import sql
 from webhooks.endpoints import get_endpoint
 from webhooks.errors import EventNotFound, InvalidArgument
+from webhooks.expansion import expand_events
 from webhooks.models import DELIVERY_STATES
 from webhooks.modes import validate_mode
 from webhooks.outbox import REPLAYS_QUEUED, notify_dispatchers
@@ -71,7 +72,8 @@ def replay_event(
 ) -> ReplayResult:
     """Queue a replay of one event to all its endpoints, or one.
 
-    Endpoints deleted since are skipped; naming one raises `EndpointDeleted`.
+    Endpoints deleted since are skipped; naming one raises `EndpointDeleted`. An event not yet
+    expanded is expanded first (`expansion.expand_events`).
     """
     exists = conn.execute(
         sql("SELECT 1 FROM {s}.events WHERE id = :id", settings.db_schema), {"id": event_id}
@@ -80,6 +82,9 @@ def replay_event(
         raise EventNotFound(event_id)
     if endpoint_id is not None:
         get_endpoint(conn, settings, endpoint_id)
+    # An event not yet expanded has no deliveries to replay: give it them now, as a
+    # dispatcher would, and the replay goes where the event goes.
+    expand_events(conn, settings, [event_id])
     row = conn.execute(
         sql(REPLAY_EVENT, settings.db_schema),
         {"event_id": event_id, "endpoint_id": endpoint_id, "now": clock.now()},

@@ -19,10 +19,11 @@ deleted whole batches and resumes by simply running again):
    expired or were revoked before the cutoff (an old link then reads as unknown rather than
    expired: both refuse it), and rate-limit windows that ended a day ago.
 
-Either phase deletes rows of an event only if the event is *settled*: every one of its
-deliveries is ``succeeded``, ``failed`` or ``cancelled`` and none has a ``pending`` or
-``delivering`` replay. An event with a live delivery (in flight, scheduled, or held by a
-disabled endpoint) or a live replay is left whole, however old. To make that check
+Either phase deletes rows of an event only if the event is *settled*: it is expanded (its
+deliveries are written, see `expansion`), every one of its deliveries is ``succeeded``,
+``failed`` or ``cancelled`` and none has a ``pending`` or ``delivering`` replay. An event
+awaiting expansion, with a live delivery (in flight, scheduled, or held by a disabled
+endpoint) or with a live replay is left whole, however old. To make that check
 race-free, a batch first locks the finished deliveries of its events (``FOR UPDATE SKIP
 LOCKED``: a row somebody else holds is simply not settled this time), then reads, in a fresh
 statement, how many deliveries each event has and which have live replays. A locked delivery
@@ -85,9 +86,12 @@ WHERE started_at < :cutoff AND (started_at, id) > (:after_at, :after_id)
 ORDER BY started_at, id
 LIMIT :limit
 """
+# An event not yet expanded has no deliveries, which would make it look settled: it is
+# live work (its deliveries are yet to be written), so it is never a candidate.
 EVENT_PAGE = """
 SELECT id, created_at FROM {s}.events
 WHERE created_at < :cutoff AND (created_at, id) > (:after_at, :after_id)
+  AND expanded_at IS NOT NULL
 ORDER BY created_at, id
 LIMIT :limit
 """

@@ -1,5 +1,6 @@
 """`webhooks stats`: deliveries by state, overall and for the endpoints failing most, and
-endpoint health (enabled, disabled, breakers open), plus the due backlog.
+endpoint health (enabled, disabled, breakers open), plus the due backlog and the events
+committed but not yet expanded into deliveries (`expansion`).
 
 One read-only snapshot; counting deliveries by state scans the table, so this is an operator's
 command (seconds on tens of millions of rows), not something to poll every second: the
@@ -15,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from webhooks import clock
 from webhooks.database import sql
+from webhooks.expansion import awaiting_expansion
 from webhooks.models import DELIVERY_STATES
 from webhooks.settings import Settings
 
@@ -76,6 +78,7 @@ def delivery_stats(
                         "cancelled": n, "total": n},
          "endpoints": {"enabled": n, "disabled": n, "deleted": n, "breakers_open": n},
          "backlog": {"due": n, "oldest_due_age_seconds": float | null},
+         "expansion": {"awaiting": n, "oldest_age_seconds": float | null},
          "reclaimed_without_attempt": {"deliveries": n, "most_reclaims": n,
                                        "delivery_id": "dlv_…" | null},
          "top_endpoints": [{"endpoint_id", "project_id", "enabled", "disabled_reason",
@@ -100,6 +103,7 @@ def delivery_stats(
         max((now - backlog.oldest).total_seconds(), 0.0) if backlog.oldest is not None else None
     )
     reclaimed = conn.execute(sql(RECLAIMED, schema)).one()
+    awaiting = awaiting_expansion(conn, settings, now)
     top_endpoints = [
         {
             "endpoint_id": row.id,
@@ -124,6 +128,10 @@ def delivery_stats(
             "due": int(backlog.due),
             "oldest_due_age_seconds": round(oldest_age, 3) if oldest_age is not None else None,
         },
+        "expansion": {
+            "awaiting": awaiting.events,
+            "oldest_age_seconds": awaiting.oldest_age_seconds,
+        },
         "reclaimed_without_attempt": {
             "deliveries": int(reclaimed.n),
             "most_reclaims": int(reclaimed.most),
@@ -146,6 +154,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"{e['breakers_open']} with the circuit breaker open",
         f"backlog     {b['due']} due now"
         + (f", the oldest waiting {age:.1f}s" if age is not None else ""),
+        _expansion_line(stats.get("expansion") or {}),
     ]
     r = stats.get("reclaimed_without_attempt") or {}
     if r.get("deliveries"):
@@ -178,6 +187,17 @@ def format_stats(stats: dict[str, Any]) -> str:
             "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
         )
     return "\n".join(lines)
+
+
+def _expansion_line(expansion: dict[str, Any]) -> str:
+    # An event waits here only for a dispatcher's next round: one waiting seconds means no
+    # dispatcher is expanding (none running, or each round failing: see their logs).
+    if not expansion.get("awaiting"):
+        return "expansion   every committed event has its deliveries"
+    return (
+        f"expansion   {expansion['awaiting']} events awaiting expansion into deliveries, "
+        f"the oldest for {expansion['oldest_age_seconds']:.1f}s"
+    )
 
 
 def _status(row: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ from webhooks.claims import (
 from webhooks.clock_offset import CLOCK_CHECK_EVERY, warn_if_clock_offset
 from webhooks.database import create_engine
 from webhooks.endpoints import drop_retired_secrets
+from webhooks.expansion import Expander
 from webhooks.heartbeats import beat, forget, forget_stale, new_dispatcher_id
 from webhooks.outbox import REPLAYS_QUEUED, channel
 from webhooks.recovery import RECOVERIES_CREATED, advance_recoveries
@@ -140,6 +141,8 @@ class Dispatcher:
         self._replays_queued = False
         self._recoveries_due = True
         self._last_turn: dict[str, str] = {}
+        self._expander = Expander(self.engine, settings)
+        self._expansion_left = False
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick and return."""
@@ -153,7 +156,12 @@ class Dispatcher:
         leases, and look for queued replays (at once when a notification said some were
         queued, or the last batch left some); when the batch was not full, read when the
         earliest pending delivery or replay is due, for `run` to know how long it may sleep.
+
+        Before all of it, committed events are expanded into their deliveries (`expansion`:
+        short transactions, up to its round budget).
         """
+        # Before `now` is read: the deliveries it writes are due at once; this tick claims them.
+        self._expansion_left = self._expander.run().more
         now = clock.now()
         reaped = Reaped([], 0)
         limit = self.settings.dispatch_batch_size
@@ -239,8 +247,8 @@ class Dispatcher:
                     started = True
                 result = self.tick()
                 failures = 0
-                if result.claimed >= self.settings.dispatch_batch_size:
-                    continue  # more is due right now
+                if result.claimed >= self.settings.dispatch_batch_size or self._expansion_left:
+                    continue  # more is due (or to expand) right now
                 wait = self._seconds_until(result.next_due)
                 if result.waiting or wait == 0.0 or self._recoveries_due:
                     # Rows are due but were not claimed: their endpoints are at their cap.

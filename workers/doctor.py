@@ -14,7 +14,9 @@ names:
   of other deployments, so the doctor asks each for its queues (``inspect().active_queues``,
   a ping that also says what the worker listens to).
 - ``dispatcher``: the freshest dispatcher heartbeat (`webhooks.heartbeats`) is recent.
-- ``backlog``: deliveries due now, on enabled endpoints, and how long the oldest has waited.
+- ``backlog``: deliveries due now, on enabled endpoints, and how long the oldest has waited;
+  and events committed but not yet expanded into deliveries (`webhooks.expansion`), which
+  only a dispatcher does: one older than the threshold means no dispatcher is expanding.
   A backlog that ages past the threshold means dispatchers or workers cannot keep up (or are
   gone). One endpoint at its in-flight cap can also age it: read ``webhooks stats``.
 - ``clock``: this machine's clock against the database's (`webhooks.clock_offset`): leases
@@ -48,6 +50,7 @@ from webhooks import clock
 from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
 from webhooks.database import describe_url, sql
 from webhooks.display import mask_url, mask_urls_in
+from webhooks.expansion import awaiting_expansion
 from webhooks.sealing import PREFIX as SEALED_PREFIX
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
@@ -333,10 +336,27 @@ def _check_heartbeat(engine: Engine, settings: Settings, limit: timedelta, now: 
 def _check_backlog(engine: Engine, settings: Settings, limit: timedelta, now: datetime) -> Check:
     with engine.connect() as conn:
         row = conn.execute(sql(BACKLOG, settings.db_schema), {"now": now}).one()
+        awaiting = awaiting_expansion(conn, settings, now)
+    unexpanded = ""
+    if awaiting.oldest_age_seconds is not None:
+        expansion_age = timedelta(seconds=awaiting.oldest_age_seconds)
+        unexpanded = (
+            f"{awaiting.events} events awaiting expansion into deliveries, the oldest for "
+            f"{_age(expansion_age)}"
+        )
+        if expansion_age > limit:
+            return Check(
+                "backlog",
+                False,
+                f"{unexpanded} (over {_age(limit)}): no dispatcher is expanding them; start "
+                "one (`webhooks dispatcher`) or read its logs for the error each round hits",
+            )
     if not row.due:
-        return Check("backlog", True, "nothing due is waiting")
+        return Check("backlog", True, unexpanded or "nothing due is waiting")
     age = max(now - row.oldest, timedelta(0))
     detail = f"{row.due} due deliveries waiting, the oldest for {_age(age)}"
+    if unexpanded:
+        detail += f"; {unexpanded}"
     if age > limit:
         return Check(
             "backlog",

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from tests.api_support import bearer, new_key
-from tests.helpers import new_endpoint, publish_one
+from tests.helpers import expand, new_endpoint, publish_expanded, publish_one
 from webhooks.api import create_app
 from webhooks.database import sql
 from webhooks.settings import RateLimit, Settings
@@ -223,6 +223,7 @@ def test_pages_are_newest_first_and_stable_while_rows_are_inserted(
             break
         cursor = page["next_cursor"]
     assert seen == list(reversed(events))
+    expand(engine, settings)  # what a dispatcher does after each commit
     deliveries = client.get("/v1/webhook_deliveries?limit=100", headers=key).json()["data"]
     assert len(deliveries) == 5 + 3
 
@@ -357,6 +358,7 @@ def test_simulate_is_for_test_keys_and_publishes_a_test_event(
     assert simulated.status_code == 202
     event = simulated.json()
     assert event["mode"] == "test" and event["data"]
+    expand(engine, settings, event["id"])  # what a dispatcher does after the commit
     shown = client.get(f"/v1/events/{event['id']}", headers=test).json()
     assert [d["endpoint_id"] for d in shown["deliveries"]] == [endpoint_id]
 
@@ -365,7 +367,7 @@ def test_an_attempt_is_shown_in_full_as_data_without_internal_addresses(
     client: TestClient, engine: Engine, settings: Settings, project: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, "https://hooks.example.com/x", project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     body = "<script>alert(1)</script>\x1b[31m"
     with engine.begin() as conn:
         delivery_id = conn.execute(

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from tests.api_support import bearer, new_key
+from tests.helpers import expand
 from webhooks.api import create_app
 from webhooks.api._tail import StreamFilter
 from webhooks.database import sql
@@ -39,7 +40,9 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 def _insert_attempt(engine: Engine, settings: Settings, event_id: str, endpoint_id: str) -> str:
-    """Record one attempt of the event's delivery, as a worker would; return the delivery id."""
+    """Record one attempt of the event's delivery, as a worker would (after the dispatcher's
+    expansion); return the delivery id."""
+    expand(engine, settings, event_id)
     with engine.begin() as conn:
         delivery_id = str(
             conn.execute(

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, deliveries, new_endpoint, publish_one
+from tests.helpers import attempts, deliveries, new_endpoint, publish_expanded
 from tests.receiver import Receiver
 from webhooks import clock
 from webhooks.attempts import run_attempt
@@ -25,7 +25,7 @@ from webhooks.settings import Settings
 
 def _claim_one(engine: Engine, settings: Settings, url: str, project: str) -> tuple[str, Claim]:
     new_endpoint(engine, settings, url, project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     with engine.begin() as conn:
         batch = claim_due(conn, settings, clock.now(), 100)
     [claim] = [c for c in batch.claims if c.event_id == event_id]

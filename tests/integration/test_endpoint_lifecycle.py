@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, cli_ok, deliveries, new_endpoint, publish_one, run_cli
+from tests.helpers import attempts, cli_ok, deliveries, new_endpoint, publish_expanded, run_cli
 from tests.integration.test_cli import assert_one_line_error
 from webhooks import clock
 from webhooks.claims import (
@@ -76,7 +76,7 @@ def test_a_claim_taken_before_a_delete_sends_nothing(
     engine: Engine, settings: Settings, project: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     [claim] = _claims(engine, settings, event_id)  # the message is on its way to a worker
 
     with engine.begin() as conn:
@@ -115,7 +115,7 @@ def test_a_request_on_the_wire_at_the_delete_is_recorded_and_the_delivery_stays_
     engine: Engine, settings: Settings, project: str, outcome: DeliveryOutcome, trigger: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     if trigger == "replay":
         with engine.begin() as conn:
             replay_event(conn, settings, event_id)
@@ -149,7 +149,7 @@ def test_a_replay_queued_against_a_delete_is_closed_not_sent(
     engine: Engine, settings: Settings, project: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     with engine.begin() as conn:
         delete_endpoint(conn, settings, endpoint_id)
         # Queued by a replay that read the endpoint just before the delete committed.
@@ -183,7 +183,7 @@ def test_a_delivery_a_racing_publish_left_to_a_deleted_endpoint_is_cancelled_not
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project)
     with engine.begin() as conn:
         delete_endpoint(conn, settings, endpoint_id)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     assert deliveries(engine, settings, event_id) == []  # fan-out skips it
     # What a publish that read the endpoint before the delete committed would have written.
     _execute(
@@ -210,7 +210,7 @@ def test_a_new_url_makes_waiting_retries_due_now_and_keeps_mode_and_project(
     engine: Engine, settings: Settings, project: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project, mode="test")
-    event_id = publish_one(engine, settings, project, mode="test")
+    event_id = publish_expanded(engine, settings, project, mode="test")
     [claim] = _claims(engine, settings, event_id)
     failed = _attempt(engine, settings, claim, _outcome(None, "connect"))
     assert failed.state == "pending"
@@ -251,8 +251,8 @@ def test_new_filters_apply_to_events_published_afterwards(
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project, ("deployment.*",))
     with engine.begin() as conn:
         update_endpoint(conn, settings, endpoint_id, event_types=["project.created"])
-    assert deliveries(engine, settings, publish_one(engine, settings, project)) == []
-    routed = publish_one(engine, settings, project, "project.created")
+    assert deliveries(engine, settings, publish_expanded(engine, settings, project)) == []
+    routed = publish_expanded(engine, settings, project, "project.created")
     assert [d.endpoint_id for d in deliveries(engine, settings, routed)] == [endpoint_id]
     with engine.begin() as conn:
         assert update_endpoint(conn, settings, endpoint_id, event_types=[]).event_types == ()
@@ -262,7 +262,7 @@ def test_a_deleted_endpoint_can_be_shown_but_not_changed_or_replayed_to(
     engine: Engine, settings: Settings, project: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     with engine.begin() as conn:
         deleted = delete_endpoint(conn, settings, endpoint_id)
     assert deleted.deleted_at is not None
@@ -289,9 +289,9 @@ def test_deliveries_lists_a_project_newest_first_with_filters(
     live_b, _ = new_endpoint(engine, settings, DEAD + "/b", project)
     test_t, _ = new_endpoint(engine, settings, DEAD + "/t", project, mode="test")
     other, _ = new_endpoint(engine, settings, DEAD + "/o", project + "x")
-    old = publish_one(engine, settings, project)
-    simulated = publish_one(engine, settings, project, "project.created", mode="test")
-    publish_one(engine, settings, project + "x")
+    old = publish_expanded(engine, settings, project)
+    simulated = publish_expanded(engine, settings, project, "project.created", mode="test")
+    publish_expanded(engine, settings, project + "x")
     outcomes = {
         live_a: _outcome(200),
         live_b: _outcome(500, "http_status"),
@@ -306,7 +306,7 @@ def test_deliveries_lists_a_project_newest_first_with_filters(
         "WHERE event_id = :e RETURNING id",
         e=old,
     )
-    new = publish_one(engine, settings, project)
+    new = publish_expanded(engine, settings, project)
 
     listed = cli_ok(env, "deliveries", "--project", project, "--json")
     assert [(d["event_id"], d["endpoint_id"]) for d in listed] == [
@@ -389,7 +389,7 @@ def test_endpoint_update_and_delete_from_the_command_line(
     engine: Engine, settings: Settings, env: dict[str, str], project: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
 
     refused = run_cli(env, "endpoint", "update", endpoint_id, "--url", "ftp://example.com/h")
     assert_one_line_error(refused, 1, "https")

@@ -17,10 +17,19 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from tests.conftest import make_env
-from tests.helpers import cli_ok, deliveries, new_endpoint, publish_one, run_cli
+from tests.helpers import (
+    cli_ok,
+    deliveries,
+    expand,
+    new_endpoint,
+    publish_expanded,
+    publish_one,
+    run_cli,
+)
 from webhooks.database import create_engine, migrate, sql
 from webhooks.endpoints import add_endpoint, disable_endpoint
 from webhooks.event_types import matches
+from webhooks.expansion import expand_events
 from webhooks.outbox import publish_event
 from webhooks.settings import Settings
 
@@ -88,6 +97,9 @@ def test_fan_out_never_crosses_modes_or_projects(
                     data={},
                     mode=mode,
                 )
+                # Expanded at once, as a dispatcher would just after the commit: the
+                # endpoints it reaches are those subscribed now, not those added later.
+                expand_events(conn, settings, [result.id])
                 expected[result.id] = {
                     ep
                     for ep, ep_project, ep_mode, filters in endpoints
@@ -141,8 +153,8 @@ def test_a_test_event_says_so_and_reaches_only_test_endpoints(
             conn, settings, url="https://example.com/test", project_id=project, mode="test"
         )
 
-    test_event = publish_one(engine, settings, project, mode="test")
-    live_event = publish_one(engine, settings, project)
+    test_event = publish_expanded(engine, settings, project, mode="test")
+    live_event = publish_expanded(engine, settings, project)
 
     assert [d.endpoint_id for d in deliveries(engine, settings, test_event)] == [test.id]
     assert [d.endpoint_id for d in deliveries(engine, settings, live_event)] == [live]
@@ -249,7 +261,9 @@ def test_rows_stored_before_modes_are_live_and_keep_their_bytes(
 # -- the CLI -----------------------------------------------------------------------------------
 
 
-def test_the_cli_creates_lists_and_publishes_by_mode(env: dict[str, str], project: str) -> None:
+def test_the_cli_creates_lists_and_publishes_by_mode(
+    engine: Engine, settings: Settings, env: dict[str, str], project: str
+) -> None:
     live = cli_ok(env, "endpoint", "add", "https://example.com/a", "--project", project, "--json")
     test = cli_ok(
         env,
@@ -274,6 +288,7 @@ def test_the_cli_creates_lists_and_publishes_by_mode(env: dict[str, str], projec
         "--mode", "test", "--json",
     )  # fmt: skip
     assert published["mode"] == "test"
+    expand(engine, settings, published["id"])  # no dispatcher runs here
     shown = cli_ok(env, "event", "show", published["id"], "--json")
     assert shown["event"]["mode"] == "test"
     assert [(d["endpoint_id"], d["mode"]) for d in shown["deliveries"]] == [(test["id"], "test")]

@@ -1,7 +1,7 @@
 """What wakes a dispatcher: a LISTEN on the schema's channel, against a real Postgres.
 
 `publish()` notifies in the same statement that records the event, so the notification
-arrives at commit, never for a rolled-back publish, and never when nothing is due; a queued
+arrives at commit, never for a rolled-back publish or a duplicate; a queued
 replay says so in its payload, so that dispatchers look at the replays table only then.
 """
 
@@ -53,14 +53,19 @@ def test_publish_notifies_at_commit_and_not_on_rollback(
     assert received(listener) == []
 
 
-def test_nothing_due_means_no_notification(
+def test_every_committed_publish_notifies_and_a_duplicate_does_not(
     engine: Engine, settings: Settings, listener: psycopg.Connection[Any], project: str
 ) -> None:
+    # Who listens is only known when the event is expanded, after the commit: the publish
+    # wakes the dispatchers even when no endpoint will get it (reading the endpoints here is
+    # what made publish cost grow with their number).
     endpoint_id, _ = new_endpoint(engine, settings, "http://127.0.0.1:9/held", project)
     with engine.begin() as conn:
         disable_endpoint(conn, settings, endpoint_id, reason="maintenance")
-    publish_one(engine, settings, project)  # recorded and held for the disabled endpoint
+    publish_one(engine, settings, project, idempotency_key="once")  # held, once expanded
     publish_one(engine, settings, f"{project}_nobody")  # no endpoint at all
+    assert received(listener) == ["", ""]
+    publish_one(engine, settings, project, idempotency_key="once")  # nothing new to expand
     assert received(listener) == []
 
 

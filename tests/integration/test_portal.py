@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from tests.api_support import bearer, new_key
-from tests.helpers import new_endpoint, publish_one
+from tests.helpers import expand, new_endpoint, publish_expanded
 from webhooks import clock
 from webhooks.api import create_app
 from webhooks.database import sql
@@ -216,7 +216,7 @@ def test_every_portal_page_has_a_strict_content_security_policy(
 
 def _hostile_attempt(engine: Engine, settings: Settings, project: str) -> tuple[str, str]:
     endpoint_id, _ = new_endpoint(engine, settings, URL, project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     with engine.begin() as conn:
         delivery_id = conn.execute(
             sql("SELECT id FROM {s}.deliveries WHERE event_id = :e", settings.db_schema),
@@ -312,6 +312,7 @@ def test_actions_add_rotate_test_replay_and_edit_through_the_api_paths(
         .headers["location"]
         .endswith("done=tested")
     )
+    expand(engine, settings)  # what a dispatcher does just after the commit
     with engine.connect() as conn:
         event_id, mode = conn.execute(
             sql(

@@ -18,7 +18,7 @@ from tests.helpers import (
     cli_ok,
     deliveries,
     new_endpoint,
-    publish_one,
+    publish_expanded,
     run_cli,
     wait_for_state,
 )
@@ -72,7 +72,7 @@ def test_an_attempt_whose_response_cannot_be_interpreted_is_stored_and_scheduled
     receiver.script(path, [503])
     receiver.reply_headers(path, {"Retry-After": "30"})
     new_endpoint(engine, settings, receiver.url(path), project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     claim = _claim(engine, settings, event_id)
 
     def explode(*args: object, **kwargs: object) -> None:
@@ -100,7 +100,7 @@ def test_a_result_written_twice_under_one_claim_is_stored_once(
 ) -> None:
     receiver.script(path, [500])
     new_endpoint(engine, settings, receiver.url(path), project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     claim = _claim(engine, settings, event_id)
     with driver_connection(engine) as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
@@ -124,7 +124,7 @@ def test_an_http_endpoint_is_not_sent_to_once_plain_http_is_turned_off(
     engine: Engine, settings: Settings, receiver: Receiver, project: str, path: str
 ) -> None:
     new_endpoint(engine, settings, receiver.url(path), project)  # created while allowed
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     claim = _claim(engine, settings, event_id)
     strict = dataclasses.replace(settings, allow_http=False)
 
@@ -146,7 +146,7 @@ def test_reclaims_without_an_attempt_are_counted_until_one_is_recorded(
     path: str,
 ) -> None:
     new_endpoint(engine, settings, receiver.url(path), project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     for expected in (1, 2):
         claim = _claim(engine, settings, event_id)  # its message is lost: nothing is sent
         _execute(
@@ -180,7 +180,7 @@ def test_a_held_row_of_an_enabled_endpoint_is_released_by_the_periodic_pass(
     endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
     with engine.begin() as conn:
         disable_endpoint(conn, settings, endpoint_id)
-    event_id = publish_one(engine, settings, project)  # held: the endpoint is disabled
+    event_id = publish_expanded(engine, settings, project)  # held: the endpoint is disabled
     # The enable commits first and cannot see the held row (the race): it is enabled behind
     # the release's back.
     _execute(
@@ -199,7 +199,7 @@ def test_a_delivery_deferred_past_its_window_fails_instead_of_waiting(
     engine: Engine, settings: Settings, receiver: Receiver, project: str, path: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     with engine.begin() as conn:
         set_rate_limit(conn, settings, endpoint_id, 1)
     # The first attempt was made long ago; the rate limit's next slot lies past the window.
@@ -238,7 +238,7 @@ def test_the_dispatcher_releases_a_held_row_the_enable_did_not_see(
     endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
     with engine.begin() as conn:
         disable_endpoint(conn, settings, endpoint_id)
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     _execute(
         engine, settings, "UPDATE {s}.endpoints SET enabled = true WHERE id = :id", id=endpoint_id
     )
@@ -253,7 +253,7 @@ def test_the_dispatcher_names_a_delivery_reclaimed_without_an_attempt(
     endpoint_id, _ = new_endpoint(engine, settings, receiver.url(path), project)
     with engine.begin() as conn:
         disable_endpoint(conn, settings, endpoint_id)  # held, so the dispatcher leaves it
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     # As if it had been claimed and its broker message lost: a lease that ran out, no attempt.
     with engine.begin() as conn:
         delivery_id = conn.execute(

@@ -35,7 +35,10 @@ def _add(env: dict[str, str], url: str, project: str, mode: str) -> str:
 
 def _settled(engine: Engine, settings: Settings, event_id: str, attempts: int) -> Delivery:
     def recorded() -> Delivery | None:
-        [delivery] = deliveries(engine, settings, event_id)
+        found = deliveries(engine, settings, event_id)
+        if not found:
+            return None  # not expanded yet: the dispatcher does it just after the commit
+        [delivery] = found
         done = delivery.attempt_count >= attempts and delivery.state != "delivering"
         return delivery if done else None
 
