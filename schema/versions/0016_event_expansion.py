@@ -22,14 +22,14 @@ Downgrading loses the deliveries of events not yet expanded: it refuses while th
 (stop the API's publishing, let the dispatchers expand them, then downgrade).
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-22
 """
 
 from alembic import context, op
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
