@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Protocol
 
-from webhooks.demo_receiver import DemoReceiver
+from webhooks.dev.demo_receiver import DemoReceiver
 
 __all__ = ["run_dev"]
 
@@ -112,7 +112,7 @@ class _Dev:
 
     def start_services(self) -> None:
         """Point the children at Postgres and Redis, starting embedded ones where unset."""
-        from webhooks import embedded
+        from webhooks.dev import embedded
 
         self.env = dict(os.environ)
         if not self.env.get("DATABASE_URL"):
@@ -452,7 +452,7 @@ def run_dev(*, data_dir: Path, flower_port: int = 5555, stop_after_demo: bool = 
         0 once the demo event was delivered (and, unless ``stop_after_demo``, after Ctrl-C),
         1 otherwise, after one ``error:`` line on stderr.
     """
-    from webhooks.embedded import EmbeddedServerError
+    from webhooks.dev.embedded import EmbeddedServerError
 
     data_dir.mkdir(parents=True, exist_ok=True)
     dev = _Dev(data_dir=data_dir, console=_Console())

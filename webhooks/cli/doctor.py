@@ -45,12 +45,14 @@ from sqlalchemy.pool import NullPool
 
 import schema as schema_package
 from webhooks import clock
+from webhooks.cli.output import format_age, format_table
 from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
 from webhooks.database import describe_url, sql
 from webhooks.display import mask_url, mask_urls_in
 from webhooks.sealing import PREFIX as SEALED_PREFIX
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
+from webhooks.stats import due_backlog
 
 DEFAULT_BACKLOG_AGE = timedelta(seconds=60)
 DEFAULT_HEARTBEAT_AGE = timedelta(seconds=30)
@@ -58,12 +60,6 @@ DEFAULT_TIMEOUT = timedelta(seconds=3)
 # How long workers are given to answer the broadcast (Celery's ping default).
 WORKER_REPLY_TIMEOUT = timedelta(seconds=1)
 
-BACKLOG = """
-SELECT count(*) AS due, min(d.next_attempt_at) AS oldest
-FROM {s}.deliveries d
-JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
-WHERE d.state = 'pending' AND d.next_attempt_at <= :now
-"""
 FRESHEST_BEAT = "SELECT count(*) AS n, max(seen_at) AS seen_at FROM {s}.dispatchers"
 PLAINTEXT_ENDPOINTS = f"""
 SELECT count(*) FROM {{s}}.endpoints e
@@ -146,8 +142,7 @@ def verdict(checks: list[Check]) -> tuple[int, str]:
     The summary has one line per check (``ok`` or ``FAIL``, name, detail) and a last line
     with the verdict and the names of the failed checks.
     """
-    width = max((len(c.name) for c in checks), default=0)
-    lines = [f"{_mark(c)}  {c.name:<{width}}  {c.detail}" for c in checks]
+    lines = format_table([(_mark(c), c.name, c.detail) for c in checks])
     failed = [c.name for c in checks if not c.ok]
     warned = [c.name for c in checks if c.ok and c.is_warning]
     if failed:
@@ -320,28 +315,28 @@ def _check_heartbeat(engine: Engine, settings: Settings, limit: timedelta, now: 
             "dispatcher", False, "no dispatcher has ever reported; start `webhooks dispatcher`"
         )
     age = now - row.seen_at
-    detail = f"freshest heartbeat {_age(age)} ago ({row.n} dispatcher rows)"
+    detail = f"freshest heartbeat {format_age(age)} ago ({row.n} dispatcher rows)"
     if age > limit:
         return Check(
             "dispatcher",
             False,
-            f"{detail}, over {_age(limit)}: no dispatcher is running, or it is stuck",
+            f"{detail}, over {format_age(limit)}: no dispatcher is running, or it is stuck",
         )
     return Check("dispatcher", True, detail)
 
 
 def _check_backlog(engine: Engine, settings: Settings, limit: timedelta, now: datetime) -> Check:
     with engine.connect() as conn:
-        row = conn.execute(sql(BACKLOG, settings.db_schema), {"now": now}).one()
-    if not row.due:
+        backlog = due_backlog(conn, settings, now)
+    if backlog.oldest_age is None:
         return Check("backlog", True, "nothing due is waiting")
-    age = max(now - row.oldest, timedelta(0))
-    detail = f"{row.due} due deliveries waiting, the oldest for {_age(age)}"
+    age = backlog.oldest_age
+    detail = f"{backlog.due} due deliveries waiting, the oldest for {format_age(age)}"
     if age > limit:
         return Check(
             "backlog",
             False,
-            f"{detail} (over {_age(limit)}): dispatchers or workers are not keeping up; "
+            f"{detail} (over {format_age(limit)}): dispatchers or workers are not keeping up; "
             "see `webhooks stats`",
         )
     return Check("backlog", True, detail)
@@ -389,12 +384,3 @@ def _check_secrets(engine: Engine, settings: Settings, schema_ok: bool) -> Check
 
 def _ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
-
-
-def _age(age: timedelta) -> str:
-    seconds = age.total_seconds()
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 3 * 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
