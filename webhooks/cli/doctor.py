@@ -1,10 +1,10 @@
 """`webhooks doctor`: is this deployment able to deliver right now? One verdict, one exit code.
 
 Each check answers one question and says, when it fails, what to do. They run in order and
-each is bounded in time (a few seconds at most), so the doctor can back a liveness or
-readiness probe. A check whose prerequisite failed (no database, no broker) is reported as
-failed with "skipped" in its detail rather than left out, so the summary always has the same
-names:
+each is bounded in time (a few seconds at most), so the doctor can back a readiness probe
+(never a liveness probe: it checks shared services, see deploy/README.md). A check whose
+prerequisite failed (no database, no broker) is reported as failed with "skipped" in its
+detail rather than left out, so the summary always has the same names:
 
 - ``database``: a connection opens and ``SELECT 1`` answers.
 - ``schema``: the revision in ``<schema>.alembic_version`` is the head of ``schema/versions``.
@@ -23,8 +23,8 @@ names:
   outside `webhooks dev`, or secrets stored before the key was set, pass with a warning
   (``WARN``): deliveries work, but the operator should act.
 
-The broker and worker checks talk to Celery, which `webhooks/` otherwise never imports: the
-import is local to those two checks, so the module loads without Celery being configured.
+The broker and worker checks talk to Celery through a private app made from the settings
+given (`_celery_app`), imported inside those two checks, so the module loads without Celery.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from webhooks.cli.output import format_age, format_table
 from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
 from webhooks.database import describe_url, sql
 from webhooks.display import mask_url, mask_urls_in
+from webhooks.heartbeats import list_dispatchers
 from webhooks.sealing import PREFIX as SEALED_PREFIX
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
@@ -60,7 +61,6 @@ DEFAULT_TIMEOUT = timedelta(seconds=3)
 # How long workers are given to answer the broadcast (Celery's ping default).
 WORKER_REPLY_TIMEOUT = timedelta(seconds=1)
 
-FRESHEST_BEAT = "SELECT count(*) AS n, max(seen_at) AS seen_at FROM {s}.dispatchers"
 PLAINTEXT_ENDPOINTS = f"""
 SELECT count(*) FROM {{s}}.endpoints e
 WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(e.secrets) item
@@ -309,13 +309,13 @@ def _celery_app(settings: Settings, timeout: timedelta) -> Any:
 
 def _check_heartbeat(engine: Engine, settings: Settings, limit: timedelta, now: datetime) -> Check:
     with engine.connect() as conn:
-        row = conn.execute(sql(FRESHEST_BEAT, settings.db_schema)).one()
-    if row.seen_at is None:
+        dispatchers = list_dispatchers(conn, settings)  # freshest first
+    if not dispatchers:
         return Check(
             "dispatcher", False, "no dispatcher has ever reported; start `webhooks dispatcher`"
         )
-    age = now - row.seen_at
-    detail = f"freshest heartbeat {format_age(age)} ago ({row.n} dispatcher rows)"
+    age = now - dispatchers[0].seen_at
+    detail = f"freshest heartbeat {format_age(age)} ago ({len(dispatchers)} dispatcher rows)"
     if age > limit:
         return Check(
             "dispatcher",
