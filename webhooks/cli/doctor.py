@@ -97,7 +97,6 @@ def run_checks(
             given `WORKER_REPLY_TIMEOUT` to answer).
         now: the reference time for ages; the clock's by default.
     """
-    checks: list[Check] = []
     engine = sa.create_engine(
         settings.database_url,
         poolclass=NullPool,
@@ -105,32 +104,32 @@ def run_checks(
     )
     try:
         database = _guard("database", lambda: _check_database(engine, settings))
-        checks.append(database)
-        if database.ok:
-            checks.append(_guard("schema", lambda: _check_schema(engine, settings)))
-        else:
-            checks.append(Check("schema", False, "skipped: the database is unreachable"))
+        no_database = None if database.ok else "the database is unreachable"
+        schema = _unless(no_database, "schema", lambda: _check_schema(engine, settings))
         broker = _guard("broker", lambda: _check_broker(settings, timeout))
-        checks.append(broker)
-        if broker.ok:
-            checks.append(_guard("workers", lambda: _check_workers(settings, timeout)))
-        else:
-            checks.append(Check("workers", False, "skipped: the broker is unreachable"))
-        schema_ok = all(c.ok for c in checks if c.name in ("database", "schema"))
+        no_broker = None if broker.ok else "the broker is unreachable"
+        workers = _unless(no_broker, "workers", lambda: _check_workers(settings, timeout))
+        schema_ok = database.ok and schema.ok
+        no_schema = None if schema_ok else "the schema is not ready"
         reference = now or clock.now()
-        for name, check in (
-            ("dispatcher", lambda: _check_heartbeat(engine, settings, heartbeat_age, reference)),
-            ("backlog", lambda: _check_backlog(engine, settings, backlog_age, reference)),
-        ):
-            if schema_ok:
-                checks.append(_guard(name, check))
-            else:
-                checks.append(Check(name, False, "skipped: the schema is not ready"))
-        if database.ok:
-            checks.append(_guard("clock", lambda: _check_clock(engine)))
-        else:
-            checks.append(Check("clock", False, "skipped: the database is unreachable"))
-        checks.append(_guard("secrets", lambda: _check_secrets(engine, settings, schema_ok)))
+        checks = [
+            database,
+            schema,
+            broker,
+            workers,
+            _unless(
+                no_schema,
+                "dispatcher",
+                lambda: _check_heartbeat(engine, settings, heartbeat_age, reference),
+            ),
+            _unless(
+                no_schema,
+                "backlog",
+                lambda: _check_backlog(engine, settings, backlog_age, reference),
+            ),
+            _unless(no_database, "clock", lambda: _check_clock(engine)),
+            _guard("secrets", lambda: _check_secrets(engine, settings, schema_ok)),
+        ]
     finally:
         engine.dispose()
     return checks
@@ -185,6 +184,13 @@ def head_revision() -> str:
     config.set_main_option("script_location", str(Path(schema_package.__file__).parent))
     head = ScriptDirectory.from_config(config).get_current_head()
     return str(head)
+
+
+def _unless(skipped_because: str | None, name: str, check: Callable[[], Check]) -> Check:
+    """Run ``check``, or report it failed and skipped when its prerequisite failed."""
+    if skipped_because is not None:
+        return Check(name, False, f"skipped: {skipped_because}")
+    return _guard(name, check)
 
 
 def _guard(name: str, check: Callable[[], Check]) -> Check:

@@ -25,14 +25,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from webhooks.dev.demo_receiver import DemoReceiver
+
+if TYPE_CHECKING:
+    from webhooks.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 __all__ = ["run_dev"]
 
@@ -140,28 +143,8 @@ class _Dev:
         from webhooks.dev import embedded
 
         self.env = dict(os.environ)
-        if not self.env.get("DATABASE_URL"):
-            started = time.monotonic()
-            postgres = embedded.start_postgres(self.data_dir / "postgres")
-            self.servers.append(postgres)
-            self.env["DATABASE_URL"] = postgres.url
-            self.console.say(
-                f"postgres: embedded, {postgres.url} "
-                f"(ready in {time.monotonic() - started:.1f}s, data in {postgres.log_path.parent})"
-            )
-        else:
-            self.console.say("postgres: DATABASE_URL from the environment")
-        if not self.env.get("CELERY_BROKER_URL"):
-            started = time.monotonic()
-            redis = embedded.start_redis(self.data_dir / "redis")
-            self.servers.append(redis)
-            self.env["CELERY_BROKER_URL"] = redis.url
-            self.console.say(
-                f"redis:    embedded, {redis.url} "
-                f"(ready in {time.monotonic() - started:.1f}s, data in {redis.log_path.parent})"
-            )
-        else:
-            self.console.say("redis:    CELERY_BROKER_URL from the environment")
+        self.use_or_start("postgres", "DATABASE_URL", embedded.start_postgres)
+        self.use_or_start("redis", "CELERY_BROKER_URL", embedded.start_redis)
         # Development only: the demo receiver is plain http on loopback, which the SSRF guard
         # refuses everywhere else. Values already in the environment win.
         self.env.setdefault("WEBHOOKS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
@@ -171,6 +154,23 @@ class _Dev:
         self.env["WEBHOOKS_DEV"] = "true"
         # Children write through a pipe: unbuffered, so their lines show up as they happen.
         self.env["PYTHONUNBUFFERED"] = "1"
+
+    def use_or_start(
+        self, name: str, variable: str, start: Callable[[Path], EmbeddedPostgres | EmbeddedRedis]
+    ) -> None:
+        """Use the server ``variable`` names, or start an embedded one and name it there."""
+        label = f"{name + ':':<10}"
+        if self.env.get(variable):
+            self.console.say(f"{label}{variable} from the environment")
+            return
+        started = time.monotonic()
+        server = start(self.data_dir / name)
+        self.servers.append(server)
+        self.env[variable] = server.url
+        self.console.say(
+            f"{label}embedded, {server.url} "
+            f"(ready in {time.monotonic() - started:.1f}s, data in {server.log_path.parent})"
+        )
 
     def migrate(self) -> None:
         self.console.say(self.cli("migrate").strip())
