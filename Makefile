@@ -1,12 +1,14 @@
-# The README's commands. Only Python 3.11+ and make are needed: `make dev` and `make test`
-# start embedded Postgres and Redis when DATABASE_URL / CELERY_BROKER_URL are unset.
+# The README's commands. Only Python 3.11+ and make are needed: `make dev`, `make test` and
+# `make bench` start embedded Postgres and Redis when DATABASE_URL / CELERY_BROKER_URL are unset.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Extra arguments, e.g. `make dev DEV_ARGS="--flower-port 5556"`, `make test PYTEST_ARGS="-m 'not slow'"`.
+# Extra arguments, e.g. `make dev DEV_ARGS="--flower-port 5556"`, `make test PYTEST_ARGS="-m 'not slow'"`,
+# `make bench BENCH_ARGS=--write-results` (a full run that rewrites the committed bench/RESULTS.md).
 DEV_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: dev test lint bench
 
@@ -25,7 +27,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-test
-	@if [ -f bench/__main__.py ]; then $(BIN)/python -m bench; else echo "no benchmarks yet"; fi
+	@if [ -f bench/__main__.py ]; then $(BIN)/python -m bench $(BENCH_ARGS); else echo "no benchmarks yet"; fi
 
 # The venv is created once; the project is (re)installed only when pyproject.toml is newer
 # than the stamp of that install, so `make test` stays fast when nothing changed.

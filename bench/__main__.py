@@ -8,21 +8,27 @@ baselines measured in the same invocation on the same machine.
 4. a healthy endpoint's latency while a bulk recovery runs, beside the same stretch without
    it (`bench.recovery_fairness`).
 
-Needs Postgres and Redis (``DATABASE_URL``, ``CELERY_BROKER_URL``; the README's defaults
-otherwise) and, for the fast receiver, nginx (``apt-get install -y nginx-light``; without it a
-Python receiver is used and its own top rate is printed). ``--quick`` is the CI smoke: tiny
-counts, one run, nothing written to RESULTS.md. Results: ``bench/results/*.json`` and
-``bench/RESULTS.md``.
+Uses the Postgres and Redis of ``DATABASE_URL`` and ``CELERY_BROKER_URL``; where one is
+unset, an embedded server is started for the run and stopped after it, as ``make dev`` and
+``make test`` do (figures then include the embedded servers' own overhead). For the fast
+receiver it uses nginx if installed (``apt-get install -y nginx-light``); otherwise a Python
+receiver, whose own top rate is printed. ``--quick`` is the CI smoke: tiny counts, one run.
+
+Results: the Markdown table on stdout and the JSON in ``bench/results/`` (git-ignored);
+``--write-results`` also rewrites the committed ``bench/RESULTS.md`` (keeping its analysis).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +36,17 @@ SECTIONS = ("throughput", "latency", "blackhole", "rss", "claim", "publish", "re
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="CI smoke: tiny counts, one run")
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help="also rewrite bench/RESULTS.md, which is committed (a full run only)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each figure (3)")
     parser.add_argument(
         "--events",
@@ -82,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="use the Python fast receiver even if nginx is installed",
     )
     args = parser.parse_args(argv)
+    if args.quick and args.write_results:
+        parser.error("--write-results records a full run; --quick figures are not results")
     if args.quick:
         args.runs = 1
         args.events = min(args.events, 60)
@@ -97,6 +114,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with embedded_services():
+        return run(args)
+
+
+@contextlib.contextmanager
+def embedded_services() -> Iterator[None]:
+    """Start embedded Postgres and Redis for whichever of DATABASE_URL and CELERY_BROKER_URL
+    is unset, export their URLs for this process and its children, and stop them after."""
+    missing = [name for name in ("DATABASE_URL", "CELERY_BROKER_URL") if not os.environ.get(name)]
+    if not missing:
+        yield
+        return
+    from bench.common import say
+    from webhooks.dev import embedded
+
+    root = Path(tempfile.mkdtemp(prefix="bench-embedded-"))
+    started: list[embedded.EmbeddedPostgres | embedded.EmbeddedRedis] = []
+    try:
+        if "DATABASE_URL" in missing:
+            started.append(embedded.start_postgres(root / "postgres"))
+            os.environ["DATABASE_URL"] = started[-1].url
+        if "CELERY_BROKER_URL" in missing:
+            started.append(embedded.start_redis(root / "redis"))
+            os.environ["CELERY_BROKER_URL"] = started[-1].url
+        say(f"{' and '.join(missing)} unset: embedded servers in {root} for this run")
+        yield
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every section asked for, then the report; the servers are up."""
     # The apps read their queue names once, at import: one queue each for this invocation.
     tag = secrets.token_hex(3)
     os.environ.setdefault("BENCH_NOOP_QUEUE", f"bench_noop_{tag}")
@@ -203,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["config"] = {k: v for k, v in vars(args).items()}
     results = summarize(meta, per_run, extra, notes)
     markdown = render(results)
-    path = report.write(results, markdown, quick=args.quick)
+    path = report.write(results, markdown, quick=args.quick, markdown_too=args.write_results)
     print(markdown)
-    say(f"JSON: {path}{'' if args.quick else '; Markdown: bench/RESULTS.md'}")
+    say(f"JSON: {path}{'; Markdown: bench/RESULTS.md' if args.write_results else ''}")
     return 0
 
 

@@ -13,9 +13,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 
-from bench.common import ROOT, database_url, spread
+from bench.common import ROOT, broker_url, database_url, spread
 from bench.receivers import nginx_version
 from webhooks.settings import normalize_database_url
 
@@ -26,7 +27,7 @@ ANALYSIS_MARKER = "<!-- analysis: kept across runs -->"
 
 def _run(argv: list[str]) -> str:
     try:
-        return subprocess.run(  # noqa: S603 (fixed argv: lscpu, nproc, git, redis-cli)
+        return subprocess.run(  # noqa: S603 (fixed argv: lscpu, nproc, git)
             argv, capture_output=True, text=True, check=False, timeout=10
         ).stdout
     except OSError:
@@ -56,15 +57,13 @@ def machine() -> dict[str, Any]:
         engine.dispose()
     except sa.exc.SQLAlchemyError:
         versions["postgres"] = "?"
-    redis_info = _run(["redis-cli", "INFO", "server"])
-    versions["redis-server"] = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in redis_info.splitlines()
-            if line.startswith("redis_version")
-        ),
-        "?",
-    )
+    # Asked of the broker itself: the embedded one is not on redis-cli's default port.
+    try:
+        client = redis.Redis.from_url(broker_url())
+        versions["redis-server"] = str(client.info("server").get("redis_version", "?"))
+        client.close()
+    except redis.RedisError:
+        versions["redis-server"] = "?"
     versions["nginx"] = nginx_version() or "not installed"
     with open("/proc/loadavg") as handle:
         load = handle.read().split()[:3]
@@ -97,8 +96,11 @@ def fmt_spread(figure: dict[str, float] | None, digits: int = 1) -> str:
     return " / ".join(fmt(figure[k], digits) for k in ("min", "median", "max"))
 
 
-def write(results: dict[str, Any], markdown: str, quick: bool) -> Path:
-    """Write the JSON under bench/results/ and, unless quick, the Markdown to RESULTS.md."""
+def write(
+    results: dict[str, Any], markdown: str, quick: bool, *, markdown_too: bool = False
+) -> Path:
+    """Write the JSON under bench/results/ (git-ignored) and, if asked, the Markdown to the
+    committed RESULTS.md."""
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = RESULTS_DIR / f"{'quick-' if quick else ''}{stamp}.json"
@@ -106,7 +108,7 @@ def write(results: dict[str, Any], markdown: str, quick: bool) -> Path:
     (RESULTS_DIR / ("latest-quick.json" if quick else "latest.json")).write_text(
         json.dumps(results, indent=2, default=str)
     )
-    if not quick:
+    if markdown_too:
         # The hand-written analysis below the marker survives a new run.
         kept = ""
         if RESULTS_MD.exists():

@@ -39,7 +39,7 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     broker_url = os.environ.get("CELERY_BROKER_URL")
     started: list[Any] = []
     if not database_url or not broker_url:
-        from webhooks import embedded
+        from webhooks.dev import embedded
 
         root = tmp_path_factory.mktemp("embedded")
         if not database_url:

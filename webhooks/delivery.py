@@ -110,7 +110,11 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _classify(exc: Exception) -> tuple[str, str]:
-    """Turn what went wrong into an error kind and a message for the dashboard."""
+    """Turn what went wrong into an error kind and a message for the dashboard.
+
+    Only httpcore's exceptions, the guarded transport's and the OS's can occur: the request
+    never goes through httpx's client, so httpx's own exception classes are not looked for.
+    """
     chain = list(_exception_chain(exc))
 
     def find(types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
@@ -120,18 +124,18 @@ def _classify(exc: Exception) -> tuple[str, str]:
         return "blocked", str(found)
     if (found := find(NameNotResolved)) is not None:
         return "dns", str(found)
-    if find((httpx.TimeoutException, httpcore.TimeoutException, TimeoutError)) is not None:
+    if find((httpcore.TimeoutException, TimeoutError)) is not None:
         return "timeout", ""  # the caller words it: it knows the deadline and the progress
     if (found := find((TLSFailed, ssl.SSLError, ssl.CertificateError))) is not None:
         return "tls", str(found)
-    if (found := find((httpx.RemoteProtocolError, httpcore.RemoteProtocolError))) is not None:
+    if (found := find(httpcore.RemoteProtocolError)) is not None:
         text = str(found)
         # h11 and httpcore report a peer that hung up as a protocol error; for the
         # operator it is a dropped connection, like a reset.
         if "disconnected" in text or "closed connection" in text:
             return "connect", f"the receiver closed the connection: {text}"
         return "other", f"the receiver's response is not valid HTTP/1.1: {text}"
-    if (found := find((httpx.NetworkError, httpcore.NetworkError, OSError))) is not None:
+    if (found := find((httpcore.NetworkError, OSError))) is not None:
         return "connect", str(found)
     return "other", f"{type(exc).__name__}: {exc}"
 

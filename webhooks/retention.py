@@ -73,6 +73,7 @@ from sqlalchemy.engine import Connection, Engine
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.errors import InvalidArgument
+from webhooks.models import rfc3339
 from webhooks.settings import Settings
 
 # The smallest key, to start a keyset walk from.
@@ -229,7 +230,7 @@ class PruneReport:
         return (
             f"{verb} {self.attempts} attempts, {self.events} events, {self.deliveries} "
             f"deliveries, {self.replays} replays, {self.recoveries} recoveries older than "
-            f"{self.cutoff.isoformat()}{api} in "
+            f"{rfc3339(self.cutoff)}{api} in "
             f"{self.batches} batches, {self.elapsed.total_seconds():.2f}s "
             f"(longest batch {self.longest_batch.total_seconds() * 1000:.0f} ms)"
         )
@@ -237,7 +238,7 @@ class PruneReport:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (``--json``): counts, times in seconds."""
         return {
-            "cutoff": self.cutoff.isoformat().replace("+00:00", "Z"),
+            "cutoff": rfc3339(self.cutoff),
             "attempts": self.attempts,
             "events": self.events,
             "deliveries": self.deliveries,

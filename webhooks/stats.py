@@ -9,7 +9,8 @@ Prometheus metrics are for that.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Connection
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.expansion import awaiting_expansion
-from webhooks.models import DELIVERY_STATES
+from webhooks.models import DELIVERY_STATES, rfc3339
 from webhooks.settings import Settings
 
 STATES = DELIVERY_STATES
@@ -30,6 +31,7 @@ SELECT count(*) FILTER (WHERE enabled AND deleted_at IS NULL) AS enabled,
        count(*) FILTER (WHERE breaker_open_until > :now AND deleted_at IS NULL) AS breakers_open
 FROM {s}.endpoints
 """
+# Due now on an enabled endpoint: what the dispatchers should be sending this moment.
 BACKLOG = """
 SELECT count(*) AS due, min(d.next_attempt_at) AS oldest
 FROM {s}.deliveries d
@@ -66,6 +68,22 @@ LIMIT :top
 """
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Deliveries due now on enabled endpoints, and how long the oldest has waited."""
+
+    due: int
+    oldest_age: timedelta | None  # None when nothing is due
+
+
+def due_backlog(conn: Connection, settings: Settings, now: datetime) -> Backlog:
+    """The backlog at ``now``: `webhooks stats` shows it, `webhooks doctor` judges its age."""
+    row = conn.execute(sql(BACKLOG, settings.db_schema), {"now": now}).one()
+    if row.oldest is None:
+        return Backlog(due=int(row.due), oldest_age=None)
+    return Backlog(due=int(row.due), oldest_age=max(now - row.oldest, timedelta(0)))
+
+
 def delivery_stats(
     conn: Connection, settings: Settings, *, top: int = 10, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -98,10 +116,7 @@ def delivery_stats(
         by_state[row.state] = int(row.n)
     deliveries: dict[str, int] = {**by_state, "total": sum(by_state.values())}
     endpoints = conn.execute(sql(ENDPOINTS, schema), {"now": now}).one()
-    backlog = conn.execute(sql(BACKLOG, schema), {"now": now}).one()
-    oldest_age = (
-        max((now - backlog.oldest).total_seconds(), 0.0) if backlog.oldest is not None else None
-    )
+    backlog = due_backlog(conn, settings, now)
     reclaimed = conn.execute(sql(RECLAIMED, schema)).one()
     awaiting = awaiting_expansion(conn, settings, now)
     top_endpoints = [
@@ -116,7 +131,7 @@ def delivery_stats(
         for row in conn.execute(sql(TOP_ENDPOINTS, schema), {"now": now, "top": top})
     ]
     return {
-        "generated_at": now.isoformat().replace("+00:00", "Z"),
+        "generated_at": rfc3339(now),
         "deliveries": deliveries,
         "endpoints": {
             "enabled": int(endpoints.enabled),
@@ -125,8 +140,12 @@ def delivery_stats(
             "breakers_open": int(endpoints.breakers_open),
         },
         "backlog": {
-            "due": int(backlog.due),
-            "oldest_due_age_seconds": round(oldest_age, 3) if oldest_age is not None else None,
+            "due": backlog.due,
+            "oldest_due_age_seconds": (
+                round(backlog.oldest_age.total_seconds(), 3)
+                if backlog.oldest_age is not None
+                else None
+            ),
         },
         "expansion": {
             "awaiting": awaiting.events,
@@ -139,69 +158,3 @@ def delivery_stats(
         },
         "top_endpoints": top_endpoints,
     }
-
-
-def format_stats(stats: dict[str, Any]) -> str:
-    """Render `delivery_stats` for a terminal: totals, then a table of the top endpoints."""
-    d = stats["deliveries"]
-    e = stats["endpoints"]
-    b = stats["backlog"]
-    age = b["oldest_due_age_seconds"]
-    lines = [
-        f"deliveries  {d['total']} total: {d['pending']} pending, {d['delivering']} delivering, "
-        f"{d['succeeded']} succeeded, {d['failed']} failed, {d['cancelled']} cancelled",
-        f"endpoints   {e['enabled']} enabled, {e['disabled']} disabled, {e['deleted']} deleted, "
-        f"{e['breakers_open']} with the circuit breaker open",
-        f"backlog     {b['due']} due now"
-        + (f", the oldest waiting {age:.1f}s" if age is not None else ""),
-        _expansion_line(stats.get("expansion") or {}),
-    ]
-    r = stats.get("reclaimed_without_attempt") or {}
-    if r.get("deliveries"):
-        lines.append(
-            f"reclaimed   {r['deliveries']} deliveries claimed again with no attempt recorded "
-            f"(most: {r['most_reclaims']} times in a row, {r['delivery_id']}; see the "
-            "workers' logs for why they never record)"
-        )
-    rows = stats["top_endpoints"]
-    if not rows:
-        lines.append("no endpoint has failed or pending deliveries")
-        return "\n".join(lines)
-    headers = ("ENDPOINT", "PROJECT", "STATUS", *(s.upper() for s in STATES))
-    table = [
-        (
-            row["endpoint_id"],
-            row["project_id"],
-            _status(row),
-            *(str(row[state]) for state in STATES),
-        )
-        for row in rows
-    ]
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *table, strict=False)
-    ]
-    lines.append("")
-    lines.append(f"endpoints with the most failed deliveries (top {len(rows)}):")
-    for cells in (headers, *table):
-        lines.append(
-            "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-        )
-    return "\n".join(lines)
-
-
-def _expansion_line(expansion: dict[str, Any]) -> str:
-    # An event waits here only for a dispatcher's next round: one waiting seconds means no
-    # dispatcher is expanding (none running, or each round failing: see their logs).
-    if not expansion.get("awaiting"):
-        return "expansion   every committed event has its deliveries"
-    return (
-        f"expansion   {expansion['awaiting']} events awaiting expansion into deliveries, "
-        f"the oldest for {expansion['oldest_age_seconds']:.1f}s"
-    )
-
-
-def _status(row: dict[str, Any]) -> str:
-    if not row["enabled"]:
-        reason = row["disabled_reason"]
-        return f"disabled ({reason})" if reason else "disabled"
-    return "breaker open" if row["breaker_open"] else "enabled"

@@ -45,7 +45,7 @@ LOOPBACK_ADDRESS = "127.0.0.1"
 # Passwords copied from deploy/webhooks.env.example or the manifests unchanged.
 PLACEHOLDER_PASSWORDS = frozenset({"CHANGE_ME", "change_me", "changeme", "password"})
 # The environment variables this module reads itself (the rest go through `Settings`).
-SETTINGS = ("FLOWER_BASIC_AUTH", "FLOWER_PORT", "PORT", "FLOWER_ADDRESS")
+SETTINGS = ("FLOWER_PORT", "PORT", "FLOWER_ADDRESS")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def read_config(environ: Mapping[str, str]) -> FlowerConfig:
     """
     settings = Settings.from_env(environ)  # every webhooks setting, as the app reads them
     is_dev = settings.is_dev
-    basic_auth = environ.get("FLOWER_BASIC_AUTH", "").strip()
+    basic_auth = (settings.flower_basic_auth or "").strip()
     if basic_auth:
         check_basic_auth(basic_auth)
     elif not is_dev:

@@ -18,13 +18,13 @@ from sqlalchemy.engine import Engine
 
 from webhooks import clock
 from webhooks.cli import main
+from webhooks.cli.doctor import run_checks
 from webhooks.clock_offset import measure_offset
 from webhooks.heartbeats import forget
 from webhooks.settings import Settings
 from workers.app import app as celery_app
 from workers.clock_watch import ClockWatch
 from workers.dispatcher import Dispatcher
-from workers.doctor import run_checks
 
 SKEW = timedelta(seconds=5)
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from tests.helpers import attempts, deliveries, new_endpoint, publish_one
 from tests.polling import wait_for
 from webhooks.database import sql
-from webhooks.demo_receiver import MAX_SLOW_MS, DemoReceiver, failure_for_path
+from webhooks.dev.demo_receiver import MAX_SLOW_MS, DemoReceiver, failure_for_path
 from webhooks.endpoints import disable_endpoint
 from webhooks.settings import Settings
 from webhooks.signing import generate_secret, sign

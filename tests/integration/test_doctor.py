@@ -1,4 +1,4 @@
-"""`workers.doctor` against real services: healthy with a running stack, and each way of being
+"""`webhooks.cli.doctor` against real services: healthy with a running stack, and each way of being
 unhealthy reported by name, quickly (a probe must not hang on a dead dependency)."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import schema as schema_package
 from tests.helpers import new_endpoint
 from tests.processes import Stack
 from webhooks import clock
+from webhooks.cli.doctor import Check, head_revision, run_checks, verdict
 from webhooks.database import create_engine, sql
 from webhooks.heartbeats import beat, list_dispatchers
 from webhooks.settings import Settings
-from workers.doctor import Check, head_revision, run_checks, verdict
 
 CHECKS = ["database", "schema", "broker", "workers", "dispatcher", "backlog", "clock", "secrets"]
 CLOSED_PORT = 1  # nothing listens on port 1 here: connections are refused at once
@@ -180,7 +180,7 @@ def test_verdict_lists_every_check_and_names_the_failures() -> None:
     assert text.splitlines() == [
         "ok    database  fine",
         "FAIL  broker    down",
-        "FAIL  x         ",
+        "FAIL  x",  # a table line never ends in spaces
         "unhealthy: 2 of 3 checks failed (broker, x)",
     ]
     assert verdict([Check("database", True, "fine")])[0] == 0

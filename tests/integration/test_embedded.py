@@ -9,7 +9,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from webhooks import embedded
+from webhooks.dev import embedded
 
 
 def is_running(pid: int) -> bool:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tests.helpers import cli_ok, deliveries, expand, new_endpoint, publish_one
 from webhooks import clock
+from webhooks.cli.doctor import run_checks
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint, delete_endpoint, disable_endpoint
 from webhooks.event_types import matches
@@ -36,7 +37,6 @@ from webhooks.retention import prune
 from webhooks.sandbox import trigger_event
 from webhooks.settings import Settings
 from webhooks.stats import delivery_stats
-from workers.doctor import run_checks
 
 URL = "http://127.0.0.1:9/hook"
 

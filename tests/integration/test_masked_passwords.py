@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from tests.helpers import run_cli
+from webhooks.cli.doctor import run_checks, verdict
 from webhooks.settings import Settings
-from workers.doctor import run_checks, verdict
 
 CLOSED_PORT = 1  # nothing listens on port 1 here: connections are refused at once
 PASSWORDS = ("sentinelpw", "userpw", "querypw")

@@ -152,7 +152,9 @@ def test_a_receiver_that_verifies_signatures_passes_every_probe(
     assert again[0]["webhook-id"] == first[0]["webhook-id"] and again[1] == first[1]
     # The forged ones have ids of their own: dedupe cannot hide a missing verification.
     assert len({h["webhook-id"] for h, _ in (first, wrong, stale)}) == 3
-    assert int(first[0]["webhook-timestamp"]) - int(stale[0]["webhook-timestamp"]) >= 600
+    # Each probe is stamped when it is sent: the stale one is ten minutes older than the probe
+    # sent after it (against the first, a second boundary crossed in between made it 599).
+    assert int(again[0]["webhook-timestamp"]) - int(stale[0]["webhook-timestamp"]) >= 600
 
 
 def test_a_receiver_that_accepts_everything_fails_the_forged_probes_and_exits_1(

@@ -20,13 +20,13 @@ from tests.polling import wait_for
 from tests.processes import Stack
 from tests.receiver import Receiver
 from webhooks import clock
+from webhooks.cli.doctor import run_checks
 from webhooks.endpoints import rotate_secret
 from webhooks.errors import ConfigurationError
 from webhooks.sealing import PREFIX, unseal
 from webhooks.settings import Settings
 from workers.app import app as celery_app
 from workers.dispatcher import Dispatcher
-from workers.doctor import run_checks
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()

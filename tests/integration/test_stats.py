@@ -9,10 +9,11 @@ from sqlalchemy.engine import Engine
 
 from tests.helpers import new_endpoint
 from webhooks import clock
+from webhooks.cli.operations import format_stats
 from webhooks.database import create_engine, migrate, sql
 from webhooks.endpoints import delete_endpoint, disable_endpoint
 from webhooks.settings import Settings
-from webhooks.stats import delivery_stats, format_stats
+from webhooks.stats import delivery_stats
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_a_report_summarises_counts_and_times() -> None:
     assert report.summary() == (
         "deleted 100200 attempts, 10100 events, 10100 deliveries, 1000 replays, 3 recoveries "
         "older than "
-        "2026-10-29T00:00:00+00:00 in 24 batches, 4.50s (longest batch 393 ms)"
+        "2026-10-29T00:00:00Z in 24 batches, 4.50s (longest batch 393 ms)"
     )
     assert report.as_dict()["cutoff"] == "2026-10-29T00:00:00Z"
     assert report.as_dict()["longest_batch_seconds"] == 0.393

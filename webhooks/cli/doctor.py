@@ -1,10 +1,10 @@
 """`webhooks doctor`: is this deployment able to deliver right now? One verdict, one exit code.
 
 Each check answers one question and says, when it fails, what to do. They run in order and
-each is bounded in time (a few seconds at most), so the doctor can back a liveness or
-readiness probe. A check whose prerequisite failed (no database, no broker) is reported as
-failed with "skipped" in its detail rather than left out, so the summary always has the same
-names:
+each is bounded in time (a few seconds at most), so the doctor can back a readiness probe
+(never a liveness probe: it checks shared services, see deploy/README.md). A check whose
+prerequisite failed (no database, no broker) is reported as failed with "skipped" in its
+detail rather than left out, so the summary always has the same names:
 
 - ``database``: a connection opens and ``SELECT 1`` answers.
 - ``schema``: the revision in ``<schema>.alembic_version`` is the head of ``schema/versions``.
@@ -25,8 +25,8 @@ names:
   outside `webhooks dev`, or secrets stored before the key was set, pass with a warning
   (``WARN``): deliveries work, but the operator should act.
 
-The broker and worker checks talk to Celery, which `webhooks/` otherwise never imports: the
-import is local to those two checks, so the module loads without Celery being configured.
+The broker and worker checks talk to Celery through a private app made from the settings
+given (`_celery_app`), imported inside those two checks, so the module loads without Celery.
 """
 
 from __future__ import annotations
@@ -47,13 +47,16 @@ from sqlalchemy.pool import NullPool
 
 import schema as schema_package
 from webhooks import clock
+from webhooks.cli.output import format_age, format_table
 from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
 from webhooks.database import describe_url, sql
 from webhooks.display import mask_url, mask_urls_in
 from webhooks.expansion import awaiting_expansion
+from webhooks.heartbeats import list_dispatchers
 from webhooks.sealing import PREFIX as SEALED_PREFIX
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
+from webhooks.stats import due_backlog
 
 DEFAULT_BACKLOG_AGE = timedelta(seconds=60)
 DEFAULT_HEARTBEAT_AGE = timedelta(seconds=30)
@@ -61,13 +64,6 @@ DEFAULT_TIMEOUT = timedelta(seconds=3)
 # How long workers are given to answer the broadcast (Celery's ping default).
 WORKER_REPLY_TIMEOUT = timedelta(seconds=1)
 
-BACKLOG = """
-SELECT count(*) AS due, min(d.next_attempt_at) AS oldest
-FROM {s}.deliveries d
-JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
-WHERE d.state = 'pending' AND d.next_attempt_at <= :now
-"""
-FRESHEST_BEAT = "SELECT count(*) AS n, max(seen_at) AS seen_at FROM {s}.dispatchers"
 PLAINTEXT_ENDPOINTS = f"""
 SELECT count(*) FROM {{s}}.endpoints e
 WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(e.secrets) item
@@ -104,7 +100,6 @@ def run_checks(
             given `WORKER_REPLY_TIMEOUT` to answer).
         now: the reference time for ages; the clock's by default.
     """
-    checks: list[Check] = []
     engine = sa.create_engine(
         settings.database_url,
         poolclass=NullPool,
@@ -112,32 +107,32 @@ def run_checks(
     )
     try:
         database = _guard("database", lambda: _check_database(engine, settings))
-        checks.append(database)
-        if database.ok:
-            checks.append(_guard("schema", lambda: _check_schema(engine, settings)))
-        else:
-            checks.append(Check("schema", False, "skipped: the database is unreachable"))
+        no_database = None if database.ok else "the database is unreachable"
+        schema = _unless(no_database, "schema", lambda: _check_schema(engine, settings))
         broker = _guard("broker", lambda: _check_broker(settings, timeout))
-        checks.append(broker)
-        if broker.ok:
-            checks.append(_guard("workers", lambda: _check_workers(settings, timeout)))
-        else:
-            checks.append(Check("workers", False, "skipped: the broker is unreachable"))
-        schema_ok = all(c.ok for c in checks if c.name in ("database", "schema"))
+        no_broker = None if broker.ok else "the broker is unreachable"
+        workers = _unless(no_broker, "workers", lambda: _check_workers(settings, timeout))
+        schema_ok = database.ok and schema.ok
+        no_schema = None if schema_ok else "the schema is not ready"
         reference = now or clock.now()
-        for name, check in (
-            ("dispatcher", lambda: _check_heartbeat(engine, settings, heartbeat_age, reference)),
-            ("backlog", lambda: _check_backlog(engine, settings, backlog_age, reference)),
-        ):
-            if schema_ok:
-                checks.append(_guard(name, check))
-            else:
-                checks.append(Check(name, False, "skipped: the schema is not ready"))
-        if database.ok:
-            checks.append(_guard("clock", lambda: _check_clock(engine)))
-        else:
-            checks.append(Check("clock", False, "skipped: the database is unreachable"))
-        checks.append(_guard("secrets", lambda: _check_secrets(engine, settings, schema_ok)))
+        checks = [
+            database,
+            schema,
+            broker,
+            workers,
+            _unless(
+                no_schema,
+                "dispatcher",
+                lambda: _check_heartbeat(engine, settings, heartbeat_age, reference),
+            ),
+            _unless(
+                no_schema,
+                "backlog",
+                lambda: _check_backlog(engine, settings, backlog_age, reference),
+            ),
+            _unless(no_database, "clock", lambda: _check_clock(engine)),
+            _guard("secrets", lambda: _check_secrets(engine, settings, schema_ok)),
+        ]
     finally:
         engine.dispose()
     return checks
@@ -149,8 +144,7 @@ def verdict(checks: list[Check]) -> tuple[int, str]:
     The summary has one line per check (``ok`` or ``FAIL``, name, detail) and a last line
     with the verdict and the names of the failed checks.
     """
-    width = max((len(c.name) for c in checks), default=0)
-    lines = [f"{_mark(c)}  {c.name:<{width}}  {c.detail}" for c in checks]
+    lines = format_table([(_mark(c), c.name, c.detail) for c in checks])
     failed = [c.name for c in checks if not c.ok]
     warned = [c.name for c in checks if c.ok and c.is_warning]
     if failed:
@@ -193,6 +187,13 @@ def head_revision() -> str:
     config.set_main_option("script_location", str(Path(schema_package.__file__).parent))
     head = ScriptDirectory.from_config(config).get_current_head()
     return str(head)
+
+
+def _unless(skipped_because: str | None, name: str, check: Callable[[], Check]) -> Check:
+    """Run ``check``, or report it failed and skipped when its prerequisite failed."""
+    if skipped_because is not None:
+        return Check(name, False, f"skipped: {skipped_because}")
+    return _guard(name, check)
 
 
 def _guard(name: str, check: Callable[[], Check]) -> Check:
@@ -317,51 +318,52 @@ def _celery_app(settings: Settings, timeout: timedelta) -> Any:
 
 def _check_heartbeat(engine: Engine, settings: Settings, limit: timedelta, now: datetime) -> Check:
     with engine.connect() as conn:
-        row = conn.execute(sql(FRESHEST_BEAT, settings.db_schema)).one()
-    if row.seen_at is None:
+        dispatchers = list_dispatchers(conn, settings)  # freshest first
+    if not dispatchers:
         return Check(
             "dispatcher", False, "no dispatcher has ever reported; start `webhooks dispatcher`"
         )
-    age = now - row.seen_at
-    detail = f"freshest heartbeat {_age(age)} ago ({row.n} dispatcher rows)"
+    age = now - dispatchers[0].seen_at
+    detail = f"freshest heartbeat {format_age(age)} ago ({len(dispatchers)} dispatcher rows)"
     if age > limit:
         return Check(
             "dispatcher",
             False,
-            f"{detail}, over {_age(limit)}: no dispatcher is running, or it is stuck",
+            f"{detail}, over {format_age(limit)}: no dispatcher is running, or it is stuck",
         )
     return Check("dispatcher", True, detail)
 
 
 def _check_backlog(engine: Engine, settings: Settings, limit: timedelta, now: datetime) -> Check:
     with engine.connect() as conn:
-        row = conn.execute(sql(BACKLOG, settings.db_schema), {"now": now}).one()
+        backlog = due_backlog(conn, settings, now)
         awaiting = awaiting_expansion(conn, settings, now)
     unexpanded = ""
     if awaiting.oldest_age_seconds is not None:
         expansion_age = timedelta(seconds=awaiting.oldest_age_seconds)
         unexpanded = (
             f"{awaiting.events} events awaiting expansion into deliveries, the oldest for "
-            f"{_age(expansion_age)}"
+            f"{format_age(expansion_age)}"
         )
         if expansion_age > limit:
             return Check(
                 "backlog",
                 False,
-                f"{unexpanded} (over {_age(limit)}): no dispatcher is expanding them; start "
-                "one (`webhooks dispatcher`) or read its logs for the error each round hits",
+                f"{unexpanded} (over {format_age(limit)}): no dispatcher is expanding them; "
+                "start one (`webhooks dispatcher`) or read its logs for the error each round "
+                "hits",
             )
-    if not row.due:
+    if backlog.oldest_age is None:
         return Check("backlog", True, unexpanded or "nothing due is waiting")
-    age = max(now - row.oldest, timedelta(0))
-    detail = f"{row.due} due deliveries waiting, the oldest for {_age(age)}"
+    age = backlog.oldest_age
+    detail = f"{backlog.due} due deliveries waiting, the oldest for {format_age(age)}"
     if unexpanded:
         detail += f"; {unexpanded}"
     if age > limit:
         return Check(
             "backlog",
             False,
-            f"{detail} (over {_age(limit)}): dispatchers or workers are not keeping up; "
+            f"{detail} (over {format_age(limit)}): dispatchers or workers are not keeping up; "
             "see `webhooks stats`",
         )
     return Check("backlog", True, detail)
@@ -409,12 +411,3 @@ def _check_secrets(engine: Engine, settings: Settings, schema_ok: bool) -> Check
 
 def _ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
-
-
-def _age(age: timedelta) -> str:
-    seconds = age.total_seconds()
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 3 * 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"

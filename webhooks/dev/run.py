@@ -25,13 +25,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
-from webhooks.demo_receiver import DemoReceiver
+from webhooks.dev.demo_receiver import DemoReceiver
+
+if TYPE_CHECKING:
+    from webhooks.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 __all__ = ["run_dev"]
 
@@ -58,24 +62,48 @@ class _Stoppable(Protocol):
 
 
 class _Console:
-    """Whole lines to the terminal from several threads, child output prefixed by its name."""
+    """Whole lines to the terminal from several threads, child output prefixed by its name.
+
+    Lines can be held back (`hold`) while this process waits on something whose effects
+    other threads report: the worker and the demo receiver may report a delivery before the
+    `webhooks publish` that caused it has even exited, and the story must read in order.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._is_color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         self._colors: dict[str, str] = {}
+        self._held: list[str] | None = None
 
     def say(self, text: str = "") -> None:
-        with self._lock:
-            print(text, flush=True)
+        self._print(text)
 
     def child(self, name: str, text: str) -> None:
         prefix = f"{name:<10} |"
         if self._is_color:
             color = self._colors.setdefault(name, _COLORS[len(self._colors) % len(_COLORS)])
             prefix = f"\033[{color}m{prefix}\033[0m"
+        self._print(f"{prefix} {text}")
+
+    def hold(self) -> None:
+        """Keep every line back until `release`."""
         with self._lock:
-            print(f"{prefix} {text}", flush=True)
+            if self._held is None:
+                self._held = []
+
+    def release(self, first: str | None = None) -> None:
+        """Print ``first``, then the lines held back, in the order they came."""
+        with self._lock:
+            held, self._held = self._held or [], None
+            for line in ([] if first is None else [first]) + held:
+                print(line, flush=True)
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            if self._held is not None:
+                self._held.append(line)
+            else:
+                print(line, flush=True)
 
 
 @dataclass
@@ -112,31 +140,11 @@ class _Dev:
 
     def start_services(self) -> None:
         """Point the children at Postgres and Redis, starting embedded ones where unset."""
-        from webhooks import embedded
+        from webhooks.dev import embedded
 
         self.env = dict(os.environ)
-        if not self.env.get("DATABASE_URL"):
-            started = time.monotonic()
-            postgres = embedded.start_postgres(self.data_dir / "postgres")
-            self.servers.append(postgres)
-            self.env["DATABASE_URL"] = postgres.url
-            self.console.say(
-                f"postgres: embedded, {postgres.url} "
-                f"(ready in {time.monotonic() - started:.1f}s, data in {postgres.log_path.parent})"
-            )
-        else:
-            self.console.say("postgres: DATABASE_URL from the environment")
-        if not self.env.get("CELERY_BROKER_URL"):
-            started = time.monotonic()
-            redis = embedded.start_redis(self.data_dir / "redis")
-            self.servers.append(redis)
-            self.env["CELERY_BROKER_URL"] = redis.url
-            self.console.say(
-                f"redis:    embedded, {redis.url} "
-                f"(ready in {time.monotonic() - started:.1f}s, data in {redis.log_path.parent})"
-            )
-        else:
-            self.console.say("redis:    CELERY_BROKER_URL from the environment")
+        self.use_or_start("postgres", "DATABASE_URL", embedded.start_postgres)
+        self.use_or_start("redis", "CELERY_BROKER_URL", embedded.start_redis)
         # Development only: the demo receiver is plain http on loopback, which the SSRF guard
         # refuses everywhere else. Values already in the environment win.
         self.env.setdefault("WEBHOOKS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
@@ -146,6 +154,23 @@ class _Dev:
         self.env["WEBHOOKS_DEV"] = "true"
         # Children write through a pipe: unbuffered, so their lines show up as they happen.
         self.env["PYTHONUNBUFFERED"] = "1"
+
+    def use_or_start(
+        self, name: str, variable: str, start: Callable[[Path], EmbeddedPostgres | EmbeddedRedis]
+    ) -> None:
+        """Use the server ``variable`` names, or start an embedded one and name it there."""
+        label = f"{name + ':':<10}"
+        if self.env.get(variable):
+            self.console.say(f"{label}{variable} from the environment")
+            return
+        started = time.monotonic()
+        server = start(self.data_dir / name)
+        self.servers.append(server)
+        self.env[variable] = server.url
+        self.console.say(
+            f"{label}embedded, {server.url} "
+            f"(ready in {time.monotonic() - started:.1f}s, data in {server.log_path.parent})"
+        )
 
     def migrate(self) -> None:
         self.console.say(self.cli("migrate").strip())
@@ -218,31 +243,53 @@ class _Dev:
         """
         self.receiver = DemoReceiver(path=DEMO_PATH, echo=self.console.say)
         self.receiver.start()
-        self.retire_earlier_demo_endpoints()
-        endpoint = self.cli_json("endpoint", "add", self.receiver.url, "--project", DEMO_PROJECT)
-        endpoint_id, secret = str(endpoint["id"]), str(endpoint["secret"])
-        self.receiver.secret = secret
+        endpoint_id = self.demo_endpoint(self.receiver)
         self.console.say(f"demo endpoint {endpoint_id} -> {self.receiver.url}")
-        published = self.cli_json(
-            "publish", DEMO_EVENT_TYPE, "--project", DEMO_PROJECT, "--data", DEMO_DATA
-        )
-        event_id = str(published["id"])
-        self.console.say(f"published {event_id} ({DEMO_EVENT_TYPE}); waiting for its delivery")
+        published = ""
+        self.console.hold()
+        try:
+            event_id = str(
+                self.cli_json(
+                    "publish", DEMO_EVENT_TYPE, "--project", DEMO_PROJECT, "--data", DEMO_DATA
+                )["id"]
+            )
+            published = f"published {event_id} ({DEMO_EVENT_TYPE}); waiting for its delivery"
+        finally:
+            self.console.release(published or None)
         self.wait_until_delivered(event_id, endpoint_id)
         return endpoint_id, event_id
 
-    def retire_earlier_demo_endpoints(self) -> None:
-        # Each run's receiver listens on a new port; endpoints of earlier runs (the database
-        # persists in the data directory) point at dead ports and would fail and retry for
-        # 72 hours, so they are disabled (kept, with their history).
-        listed = self.cli_json("endpoint", "list", "--project", DEMO_PROJECT)
-        for endpoint in listed if isinstance(listed, list) else []:
-            url = str(endpoint.get("url", ""))
-            if endpoint.get("enabled") and url.startswith("http://127.0.0.1:"):
+    def demo_endpoint(self, receiver: DemoReceiver) -> str:
+        """Point the demo endpoint of an earlier run at this run's receiver, or add one.
+
+        The database persists in the data directory, so each run would otherwise add an
+        endpoint. The receiver listens on a new port each run and cannot know the old
+        secret (it is shown once): the endpoint gets a new one, the old ones stop at once.
+        Its pending deliveries go to the new receiver. Other enabled loopback endpoints of
+        the project (added to earlier receivers, now gone) would fail and retry for 72 hours:
+        they are disabled, kept with their history.
+        """
+        listed = self.cli_json("endpoint", "list", "--project", DEMO_PROJECT, "--mode", "live")
+        earlier = [
+            (str(e["id"]), urlsplit(str(e["url"])))
+            for e in (listed if isinstance(listed, list) else [])
+            if e.get("enabled") and str(e.get("url", "")).startswith("http://127.0.0.1:")
+        ]
+        reused = next((id_ for id_, url in earlier if url.path == DEMO_PATH), None)
+        if reused is None:
+            added = self.cli_json("endpoint", "add", receiver.url, "--project", DEMO_PROJECT)
+            reused, receiver.secret = str(added["id"]), str(added["secret"])
+        else:
+            rotated = self.cli_json("endpoint", "rotate-secret", reused, "--grace", "0s")
+            receiver.secret = str(rotated["secret"])
+            self.cli("endpoint", "update", reused, "--url", receiver.url)
+        for endpoint_id, _ in earlier:
+            if endpoint_id != reused:
                 self.cli(
-                    "endpoint", "disable", str(endpoint["id"]),
+                    "endpoint", "disable", endpoint_id,
                     "--reason", "replaced by a newer `webhooks dev` demo receiver",
                 )  # fmt: skip
+        return reused
 
     def wait_until_delivered(self, event_id: str, endpoint_id: str) -> None:
         deadline = time.monotonic() + DELIVERY_DEADLINE_SECONDS
@@ -452,7 +499,7 @@ def run_dev(*, data_dir: Path, flower_port: int = 5555, stop_after_demo: bool = 
         0 once the demo event was delivered (and, unless ``stop_after_demo``, after Ctrl-C),
         1 otherwise, after one ``error:`` line on stderr.
     """
-    from webhooks.embedded import EmbeddedServerError
+    from webhooks.dev.embedded import EmbeddedServerError
 
     data_dir.mkdir(parents=True, exist_ok=True)
     dev = _Dev(data_dir=data_dir, console=_Console())
