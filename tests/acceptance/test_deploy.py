@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from tests.acceptance.support import ROOT
-from tests.processes import BIN
+from tests.support.processes import BIN
 from webhooks.api import OPENAPI_URL
 from webhooks.settings import Settings
 from workers import flower

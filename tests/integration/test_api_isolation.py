@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, new_key
+from tests.support.api import bearer, new_key
 from webhooks.api import create_app
 from webhooks.api._tail import StreamFilter
 from webhooks.database import sql

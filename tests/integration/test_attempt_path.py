@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, deliveries, new_endpoint, publish_one
-from tests.receiver import Receiver
+from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.attempts import run_attempt
 from webhooks.claims import Claim, begin_attempt, claim_due, record_success, renew_below

@@ -8,10 +8,11 @@ import json
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import cli_ok, deliveries, new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import settle
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok
+from tests.support.deliveries import deliveries, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import settle
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.endpoints import enable_endpoint, get_endpoint

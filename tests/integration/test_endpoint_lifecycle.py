@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, cli_ok, deliveries, new_endpoint, publish_one, run_cli
-from tests.integration.test_cli import assert_one_line_error
+from tests.support.cli import assert_one_line_error, cli_ok, run_cli
+from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one
 from webhooks import clock
 from webhooks.claims import (
     Claim,

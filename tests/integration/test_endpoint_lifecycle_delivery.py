@@ -8,21 +8,15 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import (
-    attempts,
-    cli_ok,
-    deliveries,
-    new_endpoint,
-    publish_one,
-    run_cli,
-    wait_for_state,
-)
-from tests.integration.test_cli import assert_one_line_error
-from tests.polling import wait_for
-from tests.receiver import Receiver
+from tests.support.cli import assert_one_line_error, cli_ok, run_cli
+from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
-STACK_ENV = {"WEBHOOKS_RETRY_SCHEDULE": "1s"}
+# Retries a second apart would open the breaker (five failures, 30 s cooldown) while two CLI
+# calls take a few seconds on a loaded machine, and hold the delivery past every deadline.
+STACK_ENV = {"WEBHOOKS_RETRY_SCHEDULE": "1s", "WEBHOOKS_BREAKER_THRESHOLD": "50"}
 DEAD = "http://127.0.0.1:9/dead"
 
 pytestmark = pytest.mark.usefixtures("stack")

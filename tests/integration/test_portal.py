@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, new_key
-from tests.helpers import new_endpoint, publish_one
+from tests.support.api import bearer, new_key
+from tests.support.deliveries import new_endpoint, publish_one
 from webhooks import clock
 from webhooks.api import create_app
 from webhooks.database import sql

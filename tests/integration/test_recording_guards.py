@@ -13,18 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import (
-    attempts,
-    cli_ok,
-    deliveries,
-    new_endpoint,
-    publish_one,
-    run_cli,
-    wait_for_state,
-)
-from tests.polling import wait_for
-from tests.processes import BIN, Stack
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok, run_cli
+from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import BIN, Stack
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.attempts import run_attempt
 from webhooks.claims import (

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import new_endpoint
+from tests.support.deliveries import new_endpoint
 from webhooks import clock
 from webhooks.database import create_engine, migrate, sql
 from webhooks.endpoints import delete_endpoint, disable_endpoint

@@ -1,16 +1,12 @@
-"""Small helpers the integration tests share: make endpoints, publish, read state."""
+"""Endpoints, events and deliveries in the database, as the tests make and read them."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from tests.polling import wait_for
-from tests.processes import BIN
+from tests.support.polling import wait_for
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
 from webhooks.history import get_deliveries, list_attempts
@@ -84,25 +80,3 @@ def count_rows(engine: Engine, settings: Settings, table: str) -> int:
                 sql(f"SELECT count(*) FROM {{s}}.{table}", settings.db_schema)
             ).scalar_one()
         )
-
-
-def run_cli(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``webhooks ARGS`` as an operator would, in the given environment."""
-    return subprocess.run(
-        [str(BIN / "webhooks"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
-
-
-def cli_ok(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
-    """Run ``webhooks ARGS``, insist on success, and return its JSON (with --json) or text."""
-    result = run_cli(env, *args, stdin=stdin)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout) if "--json" in args else result.stdout + result.stderr
