@@ -97,13 +97,15 @@ def fmt_spread(figure: dict[str, float] | None, digits: int = 1) -> str:
     return " / ".join(fmt(figure[k], digits) for k in ("min", "median", "max"))
 
 
-def write(results: dict[str, Any], markdown: str, quick: bool) -> Path:
-    """Write the JSON under bench/results/ and, unless quick, the Markdown to RESULTS.md."""
-    RESULTS_DIR.mkdir(exist_ok=True)
+def write(
+    results: dict[str, Any], markdown: str, quick: bool, directory: Path = RESULTS_DIR
+) -> Path:
+    """Write the JSON under ``directory`` and, unless quick, the Markdown to RESULTS.md."""
+    directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RESULTS_DIR / f"{'quick-' if quick else ''}{stamp}.json"
+    path = directory / f"{'quick-' if quick else ''}{stamp}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
-    (RESULTS_DIR / ("latest-quick.json" if quick else "latest.json")).write_text(
+    (directory / ("latest-quick.json" if quick else "latest.json")).write_text(
         json.dumps(results, indent=2, default=str)
     )
     if not quick:
