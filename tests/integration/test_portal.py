@@ -164,6 +164,8 @@ def test_an_expired_link_and_an_expired_session_show_the_error_page(
     visitor = browser(app)
     assert visitor.get(portal_link(client, key)["url"]).status_code == 303
     assert visitor.get("/portal/").status_code == 200
+    # Only the server's clock moves. freezegun would move the test client's too, and the client
+    # would drop the expired cookie itself, so the server's own check would never be reached.
     later = clock.now() + timedelta(minutes=31)
     monkeypatch.setattr(clock, "now", lambda: later)
     expired = browser(app).get(unused)

@@ -195,26 +195,28 @@ def test_a_delivery_deferred_past_its_window_fails_instead_of_waiting(
     event_id = publish_one(engine, settings, project)
     with engine.begin() as conn:
         set_rate_limit(conn, settings, endpoint_id, 1)
-    # The first attempt was made long ago; the rate limit's next slot lies past the window.
-    window = settings.retry_window
+    # The first attempt was made long ago: the window is still open 2 s, but the rate limit's
+    # next slot lies past it. One instant throughout, or a slow machine would close the window
+    # by itself and the test would pass without the deferral being judged.
+    now = clock.now()
     _execute(
         engine,
         settings,
         "UPDATE {s}.deliveries SET first_attempt_at = :first, attempt_count = 1, "
         "failed_attempts = 1 WHERE event_id = :e",
-        first=clock.now() - window + timedelta(seconds=2),
+        first=now - settings.retry_window + timedelta(seconds=2),
         e=event_id,
     )
     _execute(
         engine,
         settings,
         "UPDATE {s}.endpoints SET next_send_at = :slot WHERE id = :id",
-        slot=clock.now() + timedelta(seconds=30),
+        slot=now + timedelta(seconds=30),
         id=endpoint_id,
     )
 
     with engine.begin() as conn:
-        batch = claim_due(conn, settings, clock.now(), 100)
+        batch = claim_due(conn, settings, now, 100)
 
     assert batch.claims == [] or all(c.event_id != event_id for c in batch.claims)
     [delivery] = deliveries(engine, settings, event_id)
