@@ -15,11 +15,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from tests.support.cli import cli_ok, run_cli
-from tests.support.deliveries import attempts, new_endpoint, publish_one
+from tests.support.deliveries import attempts, claim_now, new_endpoint, publish_one
 from tests.support.receivers import ESCAPES_BODY, Receiver
-from webhooks import clock
 from webhooks.attempts import run_attempt
-from webhooks.claims import claim_due
 from webhooks.database import sql
 from webhooks.delivery import MAX_RESPONSE_HEADER_BYTES, TRUNCATED_HEADERS_KEY, HttpSender
 from webhooks.models import Attempt, customer_error_message
@@ -39,9 +37,7 @@ def attempt_once(
     """Publish one event to a new endpoint at ``url`` and make its first attempt."""
     new_endpoint(engine, settings, url, project)
     event_id = publish_one(engine, settings, project)
-    with engine.begin() as conn:
-        batch = claim_due(conn, settings, clock.now(), 100)
-    [claim] = [c for c in batch.claims if c.event_id == event_id]
+    claim = claim_now(engine, settings, event_id)
     run_attempt(engine, sender, settings, claim)
     [attempt] = attempts(engine, settings, event_id)
     return event_id, attempt

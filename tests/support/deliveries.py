@@ -7,6 +7,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from tests.support.polling import wait_for
+from webhooks import clock
+from webhooks.claims import Claim, claim_due
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
 from webhooks.history import get_deliveries, list_attempts
@@ -80,3 +82,23 @@ def count_rows(engine: Engine, settings: Settings, table: str) -> int:
                 sql(f"SELECT count(*) FROM {{s}}.{table}", settings.db_schema)
             ).scalar_one()
         )
+
+
+def claims_now(engine: Engine, settings: Settings, *event_ids: str) -> list[Claim]:
+    """Claim what is due now, as a dispatcher would; the claims of these events."""
+    with engine.begin() as conn:
+        batch = claim_due(conn, settings, clock.now(), 100)
+    return [c for c in batch.claims if c.event_id in event_ids]
+
+
+def claim_now(engine: Engine, settings: Settings, event_id: str) -> Claim:
+    """Claim what is due now; the one claim of this event."""
+    [claim] = claims_now(engine, settings, event_id)
+    return claim
+
+
+def execute_sql(engine: Engine, settings: Settings, statement: str, **params: Any) -> list[Any]:
+    """Run one statement (``{s}`` is the schema) in its own transaction; its rows, if any."""
+    with engine.begin() as conn:
+        result = conn.execute(sql(statement, settings.db_schema), params)
+        return list(result.all()) if result.returns_rows else []
