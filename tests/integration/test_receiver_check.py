@@ -106,17 +106,18 @@ def test_a_receiver_that_verifies_signatures_passes_every_probe(
     assert [p["expected"] for p in report["probes"]] == ["2xx", "4xx", "4xx", "2xx"]
     assert all(p["passed"] and p["hint"] for p in report["probes"])
 
-    sent = [(r.headers, r.body) for r in careful.received(path)]
+    sent = careful.received(path)
     assert len(sent) == 4
     first, wrong, stale, again = sent
-    envelope = json.loads(first[1])
+    envelope = json.loads(first.body)
     assert envelope["type"] == "webhook.check" and envelope["mode"] == "live"
-    assert envelope["project_id"] == project and envelope["id"] == first[0]["webhook-id"]
+    assert envelope["project_id"] == project and envelope["id"] == first.webhook_id
     # The repeat is the first request again, as a retry is: same id and bytes, new signature.
-    assert again[0]["webhook-id"] == first[0]["webhook-id"] and again[1] == first[1]
+    assert again.webhook_id == first.webhook_id and again.body == first.body
     # The forged ones have ids of their own: dedupe cannot hide a missing verification.
-    assert len({h["webhook-id"] for h, _ in (first, wrong, stale)}) == 3
-    assert int(first[0]["webhook-timestamp"]) - int(stale[0]["webhook-timestamp"]) >= 600
+    assert len({r.webhook_id for r in (first, wrong, stale)}) == 3
+    # Stale when it was sent (not against the first probe's second, which may be an earlier one).
+    assert stale.arrived_at - int(stale.headers["webhook-timestamp"]) >= 600
 
 
 def test_a_receiver_that_accepts_everything_fails_the_forged_probes_and_exits_1(
