@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)"
     )
     parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="where the JSON of the run goes (default: bench/results/)",
+    )
+    parser.add_argument(
         "--no-nginx",
         action="store_true",
         help="use the Python fast receiver even if nginx is installed",
@@ -254,7 +260,13 @@ def run(args: argparse.Namespace) -> int:
     meta["config"] = {k: v for k, v in vars(args).items()}
     results = summarize(meta, per_run, extra, notes)
     markdown = render(results)
-    path = report.write(results, markdown, quick=args.quick, markdown_too=args.write_results)
+    path = report.write(
+        results,
+        markdown,
+        quick=args.quick,
+        markdown_too=args.write_results,
+        directory=args.results_dir or report.RESULTS_DIR,
+    )
     print(markdown)
     say(f"JSON: {path}{'; Markdown: bench/RESULTS.md' if args.write_results else ''}")
     return 0

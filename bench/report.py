@@ -97,15 +97,20 @@ def fmt_spread(figure: dict[str, float] | None, digits: int = 1) -> str:
 
 
 def write(
-    results: dict[str, Any], markdown: str, quick: bool, *, markdown_too: bool = False
+    results: dict[str, Any],
+    markdown: str,
+    quick: bool,
+    *,
+    markdown_too: bool = False,
+    directory: Path = RESULTS_DIR,
 ) -> Path:
-    """Write the JSON under bench/results/ (git-ignored) and, if asked, the Markdown to the
-    committed RESULTS.md."""
-    RESULTS_DIR.mkdir(exist_ok=True)
+    """Write the JSON under ``directory`` (bench/results/, git-ignored, by default) and, if
+    asked, the Markdown to the committed RESULTS.md."""
+    directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RESULTS_DIR / f"{'quick-' if quick else ''}{stamp}.json"
+    path = directory / f"{'quick-' if quick else ''}{stamp}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
-    (RESULTS_DIR / ("latest-quick.json" if quick else "latest.json")).write_text(
+    (directory / ("latest-quick.json" if quick else "latest.json")).write_text(
         json.dumps(results, indent=2, default=str)
     )
     if markdown_too:

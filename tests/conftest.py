@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks.database import create_engine, migrate
 from webhooks.sandbox import advance
 from webhooks.settings import Settings, normalize_database_url, parse_duration

@@ -1,8 +1,8 @@
-"""What the acceptance tests share: the Procfile, free ports, Flower's API, headless Chromium.
+"""What the acceptance tests share: the Procfile, Flower's API, headless Chromium.
 
 The processes are started exactly as an operator would start them (the Procfile's command
-lines, in a shell, with the virtualenv's ``bin`` first on ``PATH``), each in its own session so
-the test can stop it, and whatever it spawned, by its process group id.
+lines, in a shell, with the virtualenv's ``bin`` first on ``PATH``), with
+`tests.support.processes.spawn`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ import ast
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.polling import wait_for
-from tests.processes import BIN, Process
+from tests.support.polling import wait_for
+from tests.support.processes import BIN, Process, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCFILE = ROOT / "Procfile"
@@ -40,39 +38,17 @@ def procfile() -> dict[str, str]:
     return processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def process_env(env: dict[str, str], **extra: str) -> dict[str, str]:
     """The environment of a Procfile process: the virtualenv first on PATH, then ``env``."""
     path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **env, **extra}
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str], logdir: Path) -> Process:
-    """Start a process in its own session, its output in ``logdir/name.log``."""
-    log = logdir / f"{name}.log"
-    with log.open("wb") as handle:
-        popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Process(name, popen, log)
-
-
 def start_flower(env: dict[str, str], port: int, logdir: Path) -> Process:
     """Start Flower with the Procfile's command line and wait until it answers."""
     command = procfile()["flower"]
     full_env = process_env(env, FLOWER_BASIC_AUTH=FLOWER_BASIC_AUTH, PORT=str(port))
-    flower = spawn("flower", ["/bin/sh", "-c", command], full_env, logdir)
+    flower = spawn("flower", ["/bin/sh", "-c", command], full_env, logdir / "flower.log", cwd=ROOT)
     try:
         wait_for_flower(flower, port)
     except BaseException:

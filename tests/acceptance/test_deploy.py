@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ import pytest
 import yaml
 
 from tests.acceptance.support import ROOT
-from tests.processes import BIN
+from tests.support.processes import BIN
 from webhooks.api import OPENAPI_URL
 from webhooks.settings import Settings
 from workers import flower
@@ -389,3 +390,159 @@ def test_the_api_runs_everywhere_on_port_with_probes_on_its_health_routes() -> N
     assert service_obj["spec"]["type"] == "ClusterIP"
     assert service_obj["spec"]["ports"][0]["targetPort"] == "http"
     assert service_obj["spec"]["selector"] == {"app.kubernetes.io/name": "webhooks-api"}
+
+
+# -- real validators -------------------------------------------------------------------------
+# The oldest Kubernetes the manifests support: every field they use is in its API schemas
+# (kubernetes-validate bundles the schemas of 1.25 to 1.37; 1.29 is the oldest minor still in
+# the large providers' extended support when this was written). deploy/README.md says so too.
+OLDEST_KUBERNETES = "1.29"
+# The documented systemd install (deploy/README.md): a venv at /opt/webhooks/venv, the
+# environment file, the units in /etc/systemd/system.
+INSTALL_VENV = Path(SYSTEMD_BIN).parent
+UNIT_PATH = Path("/etc/systemd/system")
+# This machine's own units (sysinit.target, …), which verify needs beside ours.
+SYSTEM_UNITS = Path("/lib/systemd/system")
+
+
+def kubernetes_errors(obj: dict[str, Any]) -> str | None:
+    """Why ``obj`` fails strict validation against the oldest Kubernetes (None: it passes)."""
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(obj, OLDEST_KUBERNETES, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return f"{'/'.join(str(p) for p in error.path)}: {error.message}"
+    return None
+
+
+def test_kubernetes_manifests_validate_strictly_against_the_oldest_supported_version() -> None:
+    objects = list(k8s_objects())
+    assert {obj["kind"] for _, obj in objects} >= {"Deployment", "Job", "CronJob", "Service"}
+    errors = {
+        f"{path.name}:{obj['kind']}/{obj['metadata']['name']}": kubernetes_errors(obj)
+        for path, obj in objects
+    }
+    assert not {k: v for k, v in errors.items() if v}, errors
+
+
+def test_the_kubernetes_validator_rejects_a_misspelt_field_and_a_wrong_type() -> None:
+    (deployment,) = [
+        obj for _, obj in k8s_objects() if obj["metadata"]["name"] == "webhooks-worker"
+    ]
+    misspelt = json.loads(json.dumps(deployment))
+    misspelt["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
+    wrong_type = json.loads(json.dumps(deployment))
+    wrong_type["spec"]["replicas"] = "two"
+
+    assert "imagePullPolice" in (kubernetes_errors(misspelt) or "")
+    assert "'two' is not of type 'integer'" in (kubernetes_errors(wrong_type) or "")
+
+
+def documented_install(root: Path, units: Path = SYSTEMD) -> Path:
+    """The systemd install of deploy/README.md under ``root``: the venv's programs the units
+    run (copied from this checkout's venv, the same `pip install .`), the environment file, the
+    units, and this machine's own systemd units (``sysinit.target``, …) beside them."""
+    bin_dir = root / INSTALL_VENV.relative_to("/") / "bin"
+    bin_dir.mkdir(parents=True)
+    for unit in systemd_units().values():
+        for line in unit.get("Service.ExecStart", []):
+            program = Path(shlex.split(line)[0]).name
+            assert (BIN / program).exists(), f"`pip install .` installs no {program}"
+            shutil.copy(BIN / program, bin_dir / program)
+    env_file = root / "etc/webhooks/webhooks.env"
+    env_file.parent.mkdir(parents=True)
+    shutil.copy(DEPLOY / "webhooks.env.example", env_file)
+    (root / "opt/webhooks").mkdir(parents=True, exist_ok=True)
+    installed = root / UNIT_PATH.relative_to("/")
+    installed.mkdir(parents=True)
+    for unit_file in units.glob("webhooks-*"):
+        shutil.copy(unit_file, installed)
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    (root / "usr/lib/systemd/system").symlink_to(SYSTEM_UNITS)
+    return installed
+
+
+def systemd_verify(root: Path, installed: Path) -> str:
+    """`systemd-analyze verify` of every unit under ``root``: its complaints ('' when none).
+
+    It exits 0 on an unknown key or a value it cannot parse and only warns: any output fails.
+    """
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None or not SYSTEM_UNITS.is_dir():
+        pytest.skip("systemd-analyze (and systemd's own units) are not on this machine")
+    units = sorted(str(p) for p in installed.iterdir())
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", f"--root={root}", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return (result.stdout + result.stderr).strip() or ("" if result.returncode == 0 else "failed")
+
+
+def test_systemd_units_verify_in_the_documented_install(tmp_path: Path) -> None:
+    # The README's install copies every unit, the timer included, as `documented_install` does.
+    assert "cp deploy/systemd/webhooks-* /etc/systemd/system/" in (DEPLOY / "README.md").read_text()
+    installed = documented_install(tmp_path)
+    assert {p.name for p in installed.iterdir()} == {p.name for p in SYSTEMD.iterdir()}
+    assert systemd_verify(tmp_path, installed) == ""
+    # Every file a unit names is there in that install.
+    named = {
+        path
+        for unit in systemd_units().values()
+        for key in ("Unit.Documentation", "Service.EnvironmentFile", "Service.WorkingDirectory")
+        for value in unit.get(key, [])
+        for path in re.findall(r"(?:file://)?(/[^\s]+)", value)
+    }
+    missing = sorted(p for p in named if not (tmp_path / p.lstrip("/")).exists())
+    assert not missing, f"the units name paths the documented install does not create: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (("Restart=always", "Restart=sometimes"), "restart specifier"),
+        (("TimeoutStopSec=", "TimeoutStopSecs="), "Unknown key"),
+        ((SYSTEMD_BIN + "webhooks", SYSTEMD_BIN + "webhookz"), "is not executable"),
+    ],
+)
+def test_systemd_verify_rejects_a_broken_unit(
+    tmp_path: Path, change: tuple[str, str], complaint: str
+) -> None:
+    broken = tmp_path / "units"
+    shutil.copytree(SYSTEMD, broken)
+    unit = broken / "webhooks-api.service"
+    assert change[0] in unit.read_text()
+    unit.write_text(unit.read_text().replace(change[0], change[1]))
+    root = tmp_path / "root"
+    (root / "opt").mkdir(parents=True)
+
+    assert complaint in systemd_verify(root, documented_install(root, broken))
+
+
+def compose_errors(path: Path) -> str:
+    """check-jsonschema's verdict on ``path`` against the Compose Specification's schema
+    (vendored in check-jsonschema as ``vendor.compose-spec``, Apache-2.0): '' when valid."""
+    result = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
+def test_the_compose_file_matches_the_compose_specification() -> None:
+    assert compose_errors(COMPOSE) == ""
+
+
+def test_the_compose_check_rejects_a_misspelt_key(tmp_path: Path) -> None:
+    broken = compose()
+    broken["services"]["worker"]["restart_policy"] = "always"
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+
+    assert "restart_policy" in compose_errors(path)

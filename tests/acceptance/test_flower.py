@@ -28,16 +28,16 @@ from tests.acceptance.support import (
     chromium_args,
     flower_get,
     flower_tasks,
-    free_port,
     parse_repr,
     process_env,
     procfile,
     start_flower,
 )
-from tests.helpers import deliveries, new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Process, Stack
-from tests.receiver import Receiver
+from tests.support.deliveries import deliveries, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.processes import Process, Stack
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 

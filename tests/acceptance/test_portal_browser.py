@@ -13,11 +13,9 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +28,11 @@ from selenium.webdriver.common.by import By
 from sqlalchemy.engine import Engine
 
 from tests.acceptance.support import IN_CI, chromium, chromium_args
-from tests.api_support import bearer, new_key, served_api
-from tests.helpers import new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Stack
+from tests.support.api import bearer, new_key, served_api
+from tests.support.deliveries import new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver, Reply
 from webhooks import clock
 from webhooks.portal_sessions import create_portal_session
 from webhooks.settings import Settings
@@ -54,56 +53,14 @@ OUR_TITLE_END = "· Webhooks"
 VIEWER_ZONE = "Asia/Kolkata"
 
 
-class CustomerSite:
-    """The customer's side on 127.0.0.1: ``GET /`` is their dashboard (a page with the portal
-    link, served as ``http://localhost:…``, another site than the portal's 127.0.0.1);
-    ``POST /bad`` answers 500 with hostile markup in its body and headers; other POSTs 200."""
-
-    def __init__(self) -> None:
-        self.dashboard = ""
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, body: str, headers: dict[str, str]) -> None:
-                data = body.encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._send(200, site.dashboard, {"content-type": "text/html; charset=utf-8"})
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                if self.path.startswith("/bad"):
-                    headers = {"content-type": "text/html", "x-evil": HOSTILE_HEADER}
-                    self._send(500, HOSTILE_BODY, headers)
-                else:
-                    self._send(200, '{"ok": true}', {"content-type": "application/json"})
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def customer_site() -> Receiver:
+    """The customer's side on 127.0.0.1: ``/`` is their dashboard (a page with the portal link,
+    set by `Portal.open_from_dashboard`); ``POST /bad`` answers 500 with hostile markup in its
+    body and headers; other POSTs 200."""
+    site = Receiver().start()
+    hostile = {"content-type": "text/html", "x-evil": HOSTILE_HEADER}
+    site.respond("/bad", lambda _: Reply(500, HOSTILE_BODY.encode(), hostile))
+    return site
 
 
 @dataclass
@@ -115,7 +72,7 @@ class Portal:
     endpoint_id: str
     event_id: str
     attempts: int  # how many the failed delivery made
-    site: CustomerSite
+    site: Receiver
     shots: Path
 
     def open(self, path: str) -> None:
@@ -143,10 +100,12 @@ class Portal:
 
     def open_from_dashboard(self, link: str) -> None:
         """Click the link on the customer's dashboard, a page of another site."""
-        self.site.dashboard = (
+        dashboard = (
             "<!doctype html><title>Acme dashboard</title>"
             f'<a id="portal" href="{self.api_url}{link}">Webhook deliveries</a>'
-        )
+        ).encode()
+        page = {"content-type": "text/html; charset=utf-8"}
+        self.site.respond("/", lambda _: Reply(200, dashboard, page))
         self.driver.get(f"http://localhost:{self.site.port}/")
         self.driver.find_element(By.ID, "portal").click()
 
@@ -168,8 +127,8 @@ def _driver(profile: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def site() -> Iterator[CustomerSite]:
-    site = CustomerSite()
+def site() -> Iterator[Receiver]:
+    site = customer_site()
     yield site
     site.stop()
 
@@ -180,7 +139,7 @@ def portal(
     stack: Stack,
     engine: Engine,
     settings: Settings,
-    site: CustomerSite,
+    site: Receiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Portal]:
     """A failed delivery (five or six hostile 500s) of a project with a write key, the API served,

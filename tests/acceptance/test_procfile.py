@@ -19,17 +19,17 @@ from sqlalchemy.engine import Engine
 
 from tests.acceptance.support import (
     FLOWER_BASIC_AUTH,
+    ROOT,
     flower_get,
-    free_port,
     process_env,
     procfile,
-    spawn,
     wait_for_flower,
 )
-from tests.helpers import new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import BIN, Process
-from tests.receiver import Receiver
+from tests.support.deliveries import new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.processes import BIN, Process, spawn
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 HONCHO_STOP_SECONDS = 30.0
@@ -89,7 +89,8 @@ def honcho(
         "honcho",
         [str(BIN / "honcho"), "start", "--no-colour", "--procfile", "Procfile"],
         full_env,
-        tmp_path_factory.mktemp("honcho"),
+        tmp_path_factory.mktemp("honcho") / "honcho.log",
+        cwd=ROOT,
     )
     try:
         wait_for(

@@ -1,7 +1,7 @@
 """Fixtures of the fault tests: a fresh deployment per test, and private servers to break.
 
 Every test gets its own schema and queue (`make_env`), short settings so a lost worker costs
-seconds, not minutes, and a `FaultReceiver`. Whatever a test starts (processes, servers) is
+seconds, not minutes, and a `Receiver`. Whatever a test starts (processes, servers) is
 stopped by PID in the fixtures' finalizers, also when the test fails.
 """
 
@@ -22,9 +22,9 @@ import sqlalchemy as sa
 
 from tests.conftest import IN_CI, make_env
 from tests.faults.harness import Deployment
-from tests.faults.receiver import FaultReceiver
 from tests.faults.servers import PrivatePostgres, PrivateRedis, postgres_binaries
-from tests.processes import Stack
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks.database import create_engine, migrate
 from webhooks.settings import Settings
 
@@ -117,7 +117,7 @@ def deploy(
             settings=settings,
             engine=create_engine(settings, pool_size=2),
             stack=Stack(env=env, logdir=logdir),
-            receiver=FaultReceiver().start(),
+            receiver=Receiver().start(),
             project=f"proj_{secrets.token_hex(4)}",
         )
         made.append(deployment)

@@ -1,7 +1,7 @@
 """The fault tests' shared harness: a deployment, a workload, and the ledger that checks it.
 
 A `Deployment` is one isolated installation (its own schema and queue) with its processes
-and a `FaultReceiver`. `publish_workload` registers a few endpoints with different event-type
+and a `Receiver`. `publish_workload` registers a few endpoints with different event-type
 filters and publishes a few hundred events. `Ledger.settle` waits until every delivery has
 succeeded and then reconciles what the receiver saw with what Postgres stored:
 
@@ -32,8 +32,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.faults.receiver import FaultReceiver, Request
-from tests.processes import Stack
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver, Request
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
 from webhooks.event_types import matches
@@ -70,7 +70,7 @@ class Deployment:
     settings: Settings
     engine: Engine
     stack: Stack
-    receiver: FaultReceiver
+    receiver: Receiver
     project: str
     endpoints: list[Endpoint] = field(default_factory=list)
     events: dict[str, str] = field(default_factory=dict)  # event id -> type
@@ -314,7 +314,7 @@ class Ledger:
 
     def unrecorded(self, before: float) -> list[Request]:
         """Requests that arrived before ``before`` and have no stored attempt (yet)."""
-        requests = [r for r in self.deployment.receiver.requests() if r.arrived_at <= before]
+        requests = [r for r in self.deployment.receiver.received() if r.arrived_at <= before]
         try:
             _, attempts, _ = self._read()
         except sa.exc.DBAPIError:
@@ -342,7 +342,7 @@ class Ledger:
         quiet_since = time.monotonic()
         seen = -1
         while time.monotonic() - quiet_since < QUIET_SECONDS:
-            requests = d.receiver.requests()
+            requests = d.receiver.received()
             if len(requests) != seen or any(r.answered_at is None for r in requests):
                 seen, quiet_since = len(requests), time.monotonic()
             if time.monotonic() > deadline + 10:
@@ -357,7 +357,7 @@ class Ledger:
 
     def check(self, faults: Sequence[Fault], *, drain_seconds: float) -> Figures:
         d = self.deployment
-        requests = d.receiver.requests()
+        requests = d.receiver.received()
         states, attempts, payloads = self._read()
         expected = d.expected_pairs()
 

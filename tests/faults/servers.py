@@ -19,14 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.polling import wait_for
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.processes import Process, spawn
 
 
 def _answers_ping(port: int) -> bool:
@@ -48,15 +43,17 @@ class PrivateRedis:
         self.binary = binary
         self.directory = directory
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: Process | None = None
+        self.starts = 0
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
-        log = (self.directory / "redis.log").open("ab")
-        self.process = subprocess.Popen(
+        self.starts += 1  # a log per start: a restart keeps the first run's log
+        self.process = spawn(
+            "redis",
             [
                 self.binary,
                 "--bind", "127.0.0.1",
@@ -66,26 +63,17 @@ class PrivateRedis:
                 "--appendonly", "no",
                 "--daemonize", "no",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            None,
+            self.directory / f"redis-{self.starts}.log",
         )  # fmt: skip
-        log.close()
         wait_for(lambda: _answers_ping(self.port), timeout=15, what="private redis to answer")
         return self
 
     def stop(self) -> None:
-        """Stop the server we started (SIGTERM, then SIGKILL), by its PID."""
+        """Stop the server we started (SIGTERM, then SIGKILL), by its process group."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process is not None:
+            process.stop(timeout=10)
 
 
 def postgres_binaries() -> Path | None:

@@ -13,7 +13,7 @@ import redis
 from tests.faults.conftest import MakeDeployment
 from tests.faults.harness import Fault, Ledger, publish_workload
 from tests.faults.servers import PrivateRedis
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 EVENTS = 150
 CONCURRENCY = 8
@@ -102,7 +102,7 @@ def test_deliveries_resume_after_redis_is_down_for_twenty_seconds_and_restarts_e
     figures = ledger.settle([Fault("redis stopped", stopped_at)], timeout=90)
     figures.report("redis down 20 s", record_figure, run_seconds=time.monotonic() - started)
     first_after = min(
-        (r.arrived_at for r in d.receiver.requests() if r.arrived_at > restarted_at),
+        (r.arrived_at for r in d.receiver.received() if r.arrived_at > restarted_at),
         default=None,
     )
     assert first_after is not None

@@ -10,7 +10,7 @@ import pytest
 
 from tests.faults.conftest import MakeDeployment
 from tests.faults.harness import Fault, Ledger, publish_workload
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 EVENTS = 150
 CONCURRENCY = 8

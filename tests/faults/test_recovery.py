@@ -36,10 +36,10 @@ import sqlalchemy as sa
 
 from tests.faults.conftest import MakeDeployment
 from tests.faults.harness import ARRIVAL_SLACK_SECONDS, Deployment, Fault, _as_dict
-from tests.faults.receiver import BlackHole, Request
-from tests.helpers import cli_ok
-from tests.polling import wait_for
-from tests.processes import Process
+from tests.support.cli import cli_ok
+from tests.support.polling import wait_for
+from tests.support.processes import Process
+from tests.support.receivers import BlackHole, Request
 from webhooks import clock
 from webhooks.database import create_engine, sql
 from webhooks.endpoints import add_endpoint
@@ -268,7 +268,7 @@ def recover_under_kills(d: Deployment, traffic: Traffic) -> RecoveryRun:
     processes = start_processes(d)
     traffic.start()
     wait_for(
-        lambda: any(r.path == "/healthy" for r in d.receiver.requests()),
+        lambda: any(r.path == "/healthy" for r in d.receiver.received()),
         timeout=30,
         what="the first healthy delivery",
     )
@@ -337,7 +337,7 @@ def check_replayed_once(
             stored[h["webhook-id"], h["webhook-timestamp"], h["webhook-signature"]] += 1
     copies: dict[str, list[tuple[Request, bool]]] = defaultdict(list)
     paths = set(endpoints.recovered)
-    requests = [r for r in d.receiver.requests() if r.arrived_at >= run.recovery_from]
+    requests = [r for r in d.receiver.received() if r.arrived_at >= run.recovery_from]
     assert {r.path for r in requests} <= {*paths, "/healthy"}
     for request in sorted((r for r in requests if r.path in paths), key=lambda r: r.arrived_at):
         assert event_path[request.webhook_id] == request.path, "an event at the wrong endpoint"
@@ -413,7 +413,7 @@ def test_a_recovery_killed_twice_replays_each_delivery_once_and_a_black_hole_sta
 
         # The healthy endpoint's scheduled deliveries all succeeded (waited for above), each
         # arrived, and nothing but scheduled work went there.
-        healthy = [r for r in d.receiver.requests() if r.path == "/healthy"]
+        healthy = [r for r in d.receiver.received() if r.path == "/healthy"]
         assert {r.webhook_id for r in healthy} == set(traffic.committed)
         triggers = query(
             d, "SELECT DISTINCT trigger FROM {s}.attempts WHERE endpoint_id = :id",

@@ -10,7 +10,7 @@ import pytest
 
 from tests.faults.conftest import MakeDeployment
 from tests.faults.harness import Fault, Ledger, publish_workload
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 EVENTS = 150
 CONCURRENCY = 8
@@ -89,7 +89,7 @@ def test_a_200_that_arrives_after_the_worker_died_is_sent_again_with_the_same_we
     figures.report("200 after worker died", record_figure, run_seconds=time.monotonic() - started)
     assert held
     assert all(r.answered_at is not None and r.answered_at > killed_at for r in held)
-    requests = d.receiver.requests()
+    requests = d.receiver.received()
     for first in held:
         again = [
             r for r in requests

@@ -14,8 +14,8 @@ from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, new_key
-from tests.helpers import expand, new_endpoint, publish_expanded, publish_one
+from tests.support.api import bearer, new_key
+from tests.support.deliveries import expand, new_endpoint, publish_expanded, publish_one
 from webhooks.api import create_app
 from webhooks.database import sql
 from webhooks.settings import RateLimit, Settings

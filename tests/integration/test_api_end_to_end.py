@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.api_support import bearer, served_api
-from tests.helpers import cli_ok
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.api import bearer, served_api
+from tests.support.cli import cli_ok
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 
 STACK_ENV = {"WEBHOOKS_API_ALLOW_HTTP": "true"}
 

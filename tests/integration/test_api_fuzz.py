@@ -16,8 +16,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.api_support import bearer, served_api
-from tests.helpers import cli_ok
+from tests.support.api import bearer, served_api
+from tests.support.cli import cli_ok
 
 STACK_ENV = {"WEBHOOKS_API_ALLOW_HTTP": "true", "WEBHOOKS_API_RATE_LIMIT": "100000/m"}
 

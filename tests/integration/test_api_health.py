@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, new_key
+from tests.support.api import bearer, new_key
 from webhooks.api import create_app
 from webhooks.settings import RateLimit, Settings
 

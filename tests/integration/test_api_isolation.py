@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, new_key
-from tests.helpers import expand
+from tests.support.api import bearer, new_key
+from tests.support.deliveries import expand
 from webhooks.api import create_app
 from webhooks.api._tail import StreamFilter
 from webhooks.database import sql

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer
-from tests.helpers import cli_ok, run_cli
-from tests.polling import wait_for
+from tests.support.api import bearer
+from tests.support.cli import cli_ok, run_cli
+from tests.support.polling import wait_for
 from webhooks.api import create_app
 from webhooks.database import sql
 from webhooks.settings import Settings

@@ -6,7 +6,6 @@ duration and key id, and never the key or the Authorization header."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import httpx
@@ -14,19 +13,14 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, served_api
-from tests.polling import wait_for
+from tests.support.api import bearer, served_api
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
 from webhooks.api import create_app
 from webhooks.keys import create_key
 from webhooks.settings import Settings
 
 STACK_ENV = {"WEBHOOKS_API_ALLOW_HTTP": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> str | None:

@@ -18,11 +18,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, new_key, served_api
-from tests.helpers import new_endpoint, publish_one
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.api import bearer, new_key, served_api
+from tests.support.deliveries import new_endpoint, publish_one
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks.api import _tail
 from webhooks.api._stream import attempt_frame
 from webhooks.api._tail import SLOW_CLIENT, AttemptTail, End, StreamFilter

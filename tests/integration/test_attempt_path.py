@@ -13,11 +13,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, deliveries, new_endpoint, publish_expanded
-from tests.receiver import Receiver
+from tests.support.deliveries import (
+    attempts,
+    claim_now,
+    deliveries,
+    new_endpoint,
+    publish_expanded,
+)
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.attempts import run_attempt
-from webhooks.claims import Claim, begin_attempt, claim_due, record_success, renew_below
+from webhooks.claims import Claim, begin_attempt, record_success, renew_below
 from webhooks.database import driver_connection
 from webhooks.delivery import DeliveryOutcome, HttpSender
 from webhooks.settings import Settings
@@ -26,10 +32,7 @@ from webhooks.settings import Settings
 def _claim_one(engine: Engine, settings: Settings, url: str, project: str) -> tuple[str, Claim]:
     new_endpoint(engine, settings, url, project)
     event_id = publish_expanded(engine, settings, project)
-    with engine.begin() as conn:
-        batch = claim_due(conn, settings, clock.now(), 100)
-    [claim] = [c for c in batch.claims if c.event_id == event_id]
-    return event_id, claim
+    return event_id, claim_now(engine, settings, event_id)
 
 
 def _row(engine: Engine, settings: Settings, delivery_id: str) -> Any:

@@ -2,7 +2,8 @@
 
 Benchmarks are not tests: nothing here asserts a timing. One test renders the report from
 made-up figures; the other runs the harness's ``--quick`` mode (tiny counts, one run) against
-the real services and checks that it completes, counts every event, and writes its JSON.
+the real services and checks that it completes, counts every event, and writes its JSON where
+it was told to, leaving the checkout as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ import pytest
 from bench.__main__ import render, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
+# What Python and the tools write by themselves; anything else the bench writes is a leak.
+CACHES = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+          ".hypothesis"}  # fmt: skip
+SECTIONS = ["--only", "throughput", "--only", "publish"]
+
+
+def checkout_files() -> dict[str, tuple[int, int]]:
+    """Every file of the checkout but caches: path -> (size, mtime in ns)."""
+    files: dict[str, tuple[int, int]] = {}
+    for directory, subdirectories, names in os.walk(ROOT):
+        subdirectories[:] = [d for d in subdirectories if d not in CACHES]
+        for name in names:
+            stat = (Path(directory) / name).stat()
+            files[os.path.relpath(Path(directory) / name, ROOT)] = (stat.st_size, stat.st_mtime_ns)
+    return files
 
 
 def made_up_results() -> dict[str, object]:
@@ -87,8 +103,9 @@ def test_quick_bench_runs_every_pipeline_and_counts_every_event(
         "DATABASE_URL": service_urls[0],
         "CELERY_BROKER_URL": service_urls[1],
     }
+    before = checkout_files()
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "throughput", "--only", "publish"],
+        [sys.executable, "-m", "bench", "--quick", *SECTIONS, "--results-dir", str(tmp_path)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -98,7 +115,8 @@ def test_quick_bench_runs_every_pipeline_and_counts_every_event(
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "## Targets (issue 5)" in completed.stdout
-    results = json.loads((ROOT / "bench" / "results" / "latest-quick.json").read_text())
+    assert checkout_files() == before, "the bench wrote into the checkout"
+    results = json.loads((tmp_path / "latest-quick.json").read_text())
     product = results["per_run"]["product_drain"][0]
     assert product["healthy_succeeded"] == product["events"]
     assert product["lost"] == 0 and product["never_attempted"] == 0

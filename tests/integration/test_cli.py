@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import cli_ok, run_cli, wait_for_state
-from tests.receiver import Receiver
+from tests.support.cli import assert_one_line_error, cli_ok, run_cli
+from tests.support.deliveries import wait_for_state
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 STACK_ENV = {"WEBHOOKS_RETRY_SCHEDULE": "1s", "WEBHOOKS_RETRY_WINDOW": "1s"}
@@ -18,16 +18,6 @@ STACK_ENV = {"WEBHOOKS_RETRY_SCHEDULE": "1s", "WEBHOOKS_RETRY_WINDOW": "1s"}
 
 run = run_cli
 ok = cli_ok
-
-
-def assert_one_line_error(
-    result: subprocess.CompletedProcess[str], code: int, fragment: str
-) -> None:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0]
-    assert "Traceback" not in result.stderr
 
 
 def test_migrate_is_safe_to_run_twice(env: dict[str, str]) -> None:
@@ -239,7 +229,7 @@ def test_publish_show_attempts_and_replay_as_an_operator_would(
         found = ok(env, "attempts", published["id"], "--json")
         return [a["trigger"] for a in found] == ["scheduled", "replay", "replay"]
 
-    from tests.polling import wait_for
+    from tests.support.polling import wait_for
 
     wait_for(replays_done, what="two replay attempts")
     assert len(receiver.received(path)) == 3
@@ -301,7 +291,7 @@ def test_bulk_replay_of_failed_deliveries_with_dry_run_and_progress(
 
 @pytest.mark.usefixtures("stack")
 def test_doctor_stats_and_prune_answer_an_operator(env: dict[str, str]) -> None:
-    from tests.polling import wait_for
+    from tests.support.polling import wait_for
 
     # The dispatcher beats every few seconds; the doctor is healthy once it has.
     wait_for(lambda: run(env, "doctor").returncode == 0, timeout=20, what="a healthy doctor")

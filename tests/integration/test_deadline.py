@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, new_endpoint, publish_one
-from tests.polling import wait_for
-from tests.receiver import Receiver
+from tests.support.deliveries import attempts, new_endpoint, publish_one
+from tests.support.polling import wait_for
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 pytestmark = [pytest.mark.usefixtures("stack"), pytest.mark.slow]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import standardwebhooks
 from sqlalchemy.engine import Engine
 
-from tests.helpers import (
+from tests.support.deliveries import (
     attempts,
     count_rows,
     deliveries,
@@ -22,9 +22,9 @@ from tests.helpers import (
     publish_one,
     wait_for_state,
 )
-from tests.polling import wait_for
-from tests.processes import settle
-from tests.receiver import Receiver
+from tests.support.polling import wait_for
+from tests.support.processes import settle
+from tests.support.receivers import Receiver
 from webhooks.endpoints import disable_endpoint, enable_endpoint
 from webhooks.errors import EventNotFound
 from webhooks.outbox import publish
@@ -166,7 +166,7 @@ def test_redirect_is_a_failure_and_is_not_followed(
     event_id = publish_one(engine, settings, project)
     wait_for(lambda: attempts(engine, settings, event_id), what="the first attempt")
     first = attempts(engine, settings, event_id)[0]
-    assert (first.response_status, first.error_kind) == (302, "redirect")
+    assert (first.response_status, first.error_kind) == (301, "redirect")
     assert "/redirected" in (first.error_message or "")
     assert receiver.received("/redirected") == []
 

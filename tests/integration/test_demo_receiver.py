@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, deliveries, new_endpoint, publish_one
-from tests.polling import wait_for
+from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one
+from tests.support.polling import wait_for
 from webhooks.database import sql
 from webhooks.dev.demo_receiver import MAX_SLOW_MS, DemoReceiver, failure_for_path
 from webhooks.endpoints import disable_endpoint

@@ -14,18 +14,13 @@ import time
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.processes import BIN
+from tests.support.ports import free_port
+from tests.support.processes import BIN
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.keys import authenticate
 from webhooks.portal_sessions import open_portal_session
 from webhooks.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_dev_demo(env: dict[str, str], data_dir: os.PathLike[str]) -> str:

@@ -15,8 +15,8 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 import schema as schema_package
-from tests.helpers import new_endpoint
-from tests.processes import Stack
+from tests.support.deliveries import new_endpoint
+from tests.support.processes import Stack
 from webhooks import clock
 from webhooks.cli.doctor import Check, head_revision, run_checks, verdict
 from webhooks.database import create_engine, sql

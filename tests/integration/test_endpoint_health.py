@@ -4,18 +4,23 @@ both are announced as operational events that operators receive like any other w
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
+from freezegun import freeze_time
 from sqlalchemy.engine import Engine
 
-from tests.helpers import cli_ok, deliveries, new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import settle
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok
+from tests.support.deliveries import deliveries, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import settle
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.endpoints import enable_endpoint, get_endpoint
-from webhooks.health import FAILING_AFTER, OPERATIONS_PROJECT, after_attempt
+from webhooks.health import FAILING_AFTER, OPERATIONS_PROJECT, after_attempt, after_exhausted
+from webhooks.models import rfc3339
 from webhooks.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -203,6 +208,37 @@ def test_five_failures_in_a_row_turn_an_endpoint_failing_once(
     with engine.connect() as conn:
         endpoint = get_endpoint(conn, settings, endpoint_id)
     assert (endpoint.health, endpoint.failing_reason) == ("failing", "DNS: no such host")
+
+
+def test_an_endpoint_failing_for_five_days_is_disabled_and_not_a_second_sooner(
+    engine: Engine, settings: Settings, project: str
+) -> None:
+    # The rule with its shipped default, in process: the stack's 2 s stands in for it only
+    # where real processes must see it happen.
+    five_days = replace(settings, disable_after=Settings.disable_after)
+    assert five_days.disable_after == timedelta(days=5)
+    endpoint_id, _ = new_endpoint(engine, settings, "https://example.com/never", project)
+
+    def exhausted() -> bool:
+        """A delivery of the endpoint failed for good now; is the endpoint still enabled?"""
+        with engine.begin() as conn:
+            after_exhausted(
+                conn, five_days, endpoint_id=endpoint_id, project_id=project, mode="live",
+                delivery={"event_id": "evt_test"}, now=clock.now(),
+            )  # fmt: skip
+        return is_enabled(engine, settings, endpoint_id)
+
+    with freeze_time(clock.now()) as frozen:
+        since = clock.now()
+        assert exhausted(), "the first exhaustion starts the failing clock"
+        frozen.tick(timedelta(days=5) - timedelta(seconds=1))
+        assert exhausted(), "four days, 23:59:59 is not yet five days"
+        frozen.tick(timedelta(seconds=1))
+        assert not exhausted()
+
+    with engine.connect() as conn:
+        reason = get_endpoint(conn, settings, endpoint_id).disabled_reason
+    assert reason == f"every delivery has been failing since {rfc3339(since)}"
 
 
 def _announcements(engine: Engine, settings: Settings, endpoint_id: str) -> list[tuple[str, str]]:

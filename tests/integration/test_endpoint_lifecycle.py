@@ -12,14 +12,20 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, cli_ok, deliveries, new_endpoint, publish_expanded, run_cli
-from tests.integration.test_cli import assert_one_line_error
+from tests.support.cli import assert_one_line_error, cli_ok, run_cli
+from tests.support.deliveries import (
+    attempts,
+    claims_now,
+    deliveries,
+    execute_sql,
+    new_endpoint,
+    publish_expanded,
+)
 from webhooks import clock
 from webhooks.claims import (
     Claim,
     RecordedAttempt,
     begin_attempt,
-    claim_due,
     record_attempt,
     release_held,
 )
@@ -31,12 +37,6 @@ from webhooks.replay import replay_event
 from webhooks.settings import Settings
 
 DEAD = "http://127.0.0.1:9/dead"
-
-
-def _claims(engine: Engine, settings: Settings, *event_ids: str) -> list[Claim]:
-    with engine.begin() as conn:
-        batch = claim_due(conn, settings, clock.now(), 100)
-    return [c for c in batch.claims if c.event_id in event_ids]
 
 
 def _outcome(status: int | None, error_kind: str | None = None) -> DeliveryOutcome:
@@ -67,17 +67,12 @@ def _attempt(
         )
 
 
-def _execute(engine: Engine, settings: Settings, statement: str, **params: Any) -> Any:
-    with engine.begin() as conn:
-        return conn.execute(sql(statement, settings.db_schema), params).all()
-
-
 def test_a_claim_taken_before_a_delete_sends_nothing(
     engine: Engine, settings: Settings, project: str
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project)
     event_id = publish_expanded(engine, settings, project)
-    [claim] = _claims(engine, settings, event_id)  # the message is on its way to a worker
+    [claim] = claims_now(engine, settings, event_id)  # the message is on its way to a worker
 
     with engine.begin() as conn:
         delete_endpoint(conn, settings, endpoint_id)
@@ -93,7 +88,7 @@ def test_a_claim_taken_before_a_delete_sends_nothing(
         None,
         0,
     )
-    [row] = _execute(
+    [row] = execute_sql(
         engine,
         settings,
         "SELECT claim_token, lease_expires_at FROM {s}.deliveries WHERE event_id = :e",
@@ -119,7 +114,7 @@ def test_a_request_on_the_wire_at_the_delete_is_recorded_and_the_delivery_stays_
     if trigger == "replay":
         with engine.begin() as conn:
             replay_event(conn, settings, event_id)
-    [claim] = [c for c in _claims(engine, settings, event_id) if c.trigger == trigger]
+    [claim] = [c for c in claims_now(engine, settings, event_id) if c.trigger == trigger]
     with driver_connection(engine) as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None  # the request goes out now...
@@ -161,13 +156,13 @@ def test_a_replay_queued_against_a_delete_is_closed_not_sent(
             ),
             {"now": clock.now(), "e": event_id},
         )
-    [claim] = _claims(engine, settings, event_id)
+    [claim] = claims_now(engine, settings, event_id)
     assert claim.trigger == "replay"
 
     with driver_connection(engine) as conn:
         assert begin_attempt(conn, settings, claim, clock.now()) is None
 
-    [row] = _execute(
+    [row] = execute_sql(
         engine,
         settings,
         "SELECT r.state, r.claim_token FROM {s}.replays r JOIN {s}.deliveries d "
@@ -186,7 +181,7 @@ def test_a_delivery_a_racing_publish_left_to_a_deleted_endpoint_is_cancelled_not
     event_id = publish_expanded(engine, settings, project)
     assert deliveries(engine, settings, event_id) == []  # fan-out skips it
     # What a publish that read the endpoint before the delete committed would have written.
-    _execute(
+    execute_sql(
         engine,
         settings,
         "INSERT INTO {s}.deliveries (id, event_id, endpoint_id, project_id, mode, state, "
@@ -198,10 +193,10 @@ def test_a_delivery_a_racing_publish_left_to_a_deleted_endpoint_is_cancelled_not
         now=clock.now(),
     )
 
-    assert _claims(engine, settings, event_id) == []
+    assert claims_now(engine, settings, event_id) == []
     with engine.begin() as conn:
         release_held(conn, settings, clock.now())
-    assert _claims(engine, settings, event_id) == []
+    assert claims_now(engine, settings, event_id) == []
     [delivery] = deliveries(engine, settings, event_id)
     assert (delivery.state, delivery.next_attempt_at) == ("cancelled", None)
 
@@ -211,11 +206,11 @@ def test_a_new_url_makes_waiting_retries_due_now_and_keeps_mode_and_project(
 ) -> None:
     endpoint_id, _ = new_endpoint(engine, settings, DEAD, project, mode="test")
     event_id = publish_expanded(engine, settings, project, mode="test")
-    [claim] = _claims(engine, settings, event_id)
+    [claim] = claims_now(engine, settings, event_id)
     failed = _attempt(engine, settings, claim, _outcome(None, "connect"))
     assert failed.state == "pending"
     later = clock.now() + timedelta(hours=2)  # as if deep into the backoff
-    _execute(
+    execute_sql(
         engine,
         settings,
         "UPDATE {s}.deliveries SET next_attempt_at = :at WHERE event_id = :e RETURNING id",
@@ -239,7 +234,7 @@ def test_a_new_url_makes_waiting_retries_due_now_and_keeps_mode_and_project(
     [delivery] = deliveries(engine, settings, event_id)
     assert delivery.state == "pending"
     assert delivery.next_attempt_at is not None and delivery.next_attempt_at <= clock.now()
-    [claim] = _claims(engine, settings, event_id)
+    [claim] = claims_now(engine, settings, event_id)
     with driver_connection(engine) as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None and job.url == "http://127.0.0.1:9/fixed"
@@ -297,9 +292,9 @@ def test_deliveries_lists_a_project_newest_first_with_filters(
         live_b: _outcome(500, "http_status"),
         test_t: _outcome(None, "timeout"),
     }
-    for claim in _claims(engine, settings, old, simulated):
+    for claim in claims_now(engine, settings, old, simulated):
         _attempt(engine, settings, claim, outcomes[claim.endpoint_id])
-    _execute(
+    execute_sql(
         engine,
         settings,
         "UPDATE {s}.deliveries SET created_at = created_at - interval '3 hours' "

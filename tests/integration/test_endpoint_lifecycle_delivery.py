@@ -8,18 +8,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import (
-    attempts,
-    cli_ok,
-    deliveries,
-    new_endpoint,
-    publish_one,
-    run_cli,
-    wait_for_state,
-)
-from tests.integration.test_cli import assert_one_line_error
-from tests.polling import wait_for
-from tests.receiver import Receiver
+from tests.support.cli import assert_one_line_error, cli_ok, run_cli
+from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 # Retries every second to the dead URL while two CLI commands run: on a loaded machine five

@@ -6,8 +6,8 @@ import json
 import os
 import subprocess
 
-from tests.helpers import cli_ok, run_cli
-from tests.processes import BIN
+from tests.support.cli import cli_ok, run_cli
+from tests.support.processes import BIN
 from webhooks.catalogue import CATALOGUE
 
 

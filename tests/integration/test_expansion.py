@@ -23,7 +23,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Connection, Engine
 
-from tests.helpers import cli_ok, deliveries, expand, new_endpoint, publish_one
+from tests.support.cli import cli_ok
+from tests.support.deliveries import deliveries, expand, new_endpoint, publish_one
 from webhooks import clock
 from webhooks.cli.doctor import run_checks
 from webhooks.database import sql

@@ -13,8 +13,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, new_endpoint, publish_one, wait_for_state
-from tests.receiver import Receiver
+from tests.support.deliveries import attempts, new_endpoint, publish_one, wait_for_state
+from tests.support.receivers import Receiver
 from webhooks.database import sql
 from webhooks.settings import Settings
 

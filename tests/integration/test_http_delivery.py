@@ -1,6 +1,6 @@
 """One HTTP attempt against real, misbehaving receivers: outcomes, deadline, SSRF guard, TLS.
 
-Every test talks to a `BehaviourServer` on 127.0.0.1 in this process. Deadline tests use a
+Every test talks to a `Receiver` on 127.0.0.1 in this process. Deadline tests use a
 2 s timeout and check that the cut comes within [timeout, timeout + 0.5 s]; the slow test
 uses the real default of 10 s.
 """
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.http_receivers import BehaviourServer, make_self_signed_cert
-from tests.polling import wait_for
+from tests.support.polling import wait_for
+from tests.support.receivers import Receiver, make_self_signed_cert
 from webhooks.delivery import (
     ERROR_KINDS,
     MAX_RESPONSE_BODY_BYTES,
@@ -40,8 +40,8 @@ BODY = b'{"id":"evt_test"}'
 
 
 @pytest.fixture
-def server() -> Iterator[BehaviourServer]:
-    receiver = BehaviourServer().start()
+def server() -> Iterator[Receiver]:
+    receiver = Receiver().start()
     yield receiver
     receiver.stop()
 
@@ -99,23 +99,21 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return answers
 
 
-def test_a_2xx_is_a_success_with_its_body_and_headers(
-    server: BehaviourServer, sender: HttpSender
-) -> None:
+def test_a_2xx_is_a_success_with_its_body_and_headers(server: Receiver, sender: HttpSender) -> None:
     outcome = sender.send(server.url("/ok"), HEADERS, BODY)
 
     assert outcome.is_success
     assert (outcome.status, outcome.error_kind, outcome.error_message) == (200, None, None)
-    assert outcome.response_body == "ok"
-    assert outcome.response_headers["content-type"] == "text/plain"
+    assert outcome.response_body == '{"ok": true}'
+    assert outcome.response_headers["content-type"] == "application/json"
     assert timedelta(0) < outcome.duration < timedelta(seconds=1)
-    [seen] = server.seen("/ok")
+    [seen] = server.received("/ok")
     assert seen.body == BODY
     assert seen.headers["webhook-id"] == "evt_test"
     assert seen.headers["accept-encoding"] == "identity"
 
 
-def test_a_500_is_an_http_status_failure(server: BehaviourServer, sender: HttpSender) -> None:
+def test_a_500_is_an_http_status_failure(server: Receiver, sender: HttpSender) -> None:
     outcome = sender.send(server.url("/error"), HEADERS, BODY)
 
     assert not outcome.is_success
@@ -124,26 +122,24 @@ def test_a_500_is_an_http_status_failure(server: BehaviourServer, sender: HttpSe
     assert outcome.response_body == "boom"
 
 
-def test_a_429_keeps_its_retry_after_header(server: BehaviourServer, sender: HttpSender) -> None:
+def test_a_429_keeps_its_retry_after_header(server: Receiver, sender: HttpSender) -> None:
     outcome = sender.send(server.url("/throttle"), HEADERS, BODY)
 
     assert (outcome.status, outcome.error_kind) == (429, "http_status")
     assert outcome.retry_after == "120"
 
 
-def test_a_redirect_is_recorded_and_not_followed(
-    server: BehaviourServer, sender: HttpSender
-) -> None:
+def test_a_redirect_is_recorded_and_not_followed(server: Receiver, sender: HttpSender) -> None:
     outcome = sender.send(server.url("/redirect"), HEADERS, BODY)
 
     assert (outcome.status, outcome.error_kind) == (301, "redirect")
     assert outcome.error_message is not None
-    assert "/target" in outcome.error_message
-    assert server.seen("/target") == []
+    assert "/redirected" in outcome.error_message
+    assert server.received("/redirected") == []
 
 
 def test_nul_bytes_and_invalid_utf8_in_a_body_are_made_storable(
-    server: BehaviourServer, sender: HttpSender
+    server: Receiver, sender: HttpSender
 ) -> None:
     outcome = sender.send(server.url("/nul"), HEADERS, BODY)
 
@@ -152,16 +148,16 @@ def test_nul_bytes_and_invalid_utf8_in_a_body_are_made_storable(
 
 
 def test_keep_alive_connections_are_reused_between_attempts(
-    server: BehaviourServer, sender: HttpSender
+    server: Receiver, sender: HttpSender
 ) -> None:
     for _ in range(3):
         assert sender.send(server.url("/ok"), HEADERS, BODY).is_success
 
-    assert server.connections == 1
+    assert server.connections() == 1
 
 
 def test_a_receiver_that_never_answers_is_cut_at_the_deadline(
-    server: BehaviourServer, sender: HttpSender
+    server: Receiver, sender: HttpSender
 ) -> None:
     outcome, elapsed = timed(lambda: sender.send(server.url("/hang"), HEADERS, BODY))
 
@@ -171,9 +167,7 @@ def test_a_receiver_that_never_answers_is_cut_at_the_deadline(
     assert "2s" in outcome.error_message
 
 
-def test_slow_drip_response_is_cut_at_the_deadline(
-    server: BehaviourServer, sender: HttpSender
-) -> None:
+def test_slow_drip_response_is_cut_at_the_deadline(server: Receiver, sender: HttpSender) -> None:
     # One byte every half second never trips a per-read timeout: only a total deadline cuts it.
     outcome, elapsed = timed(lambda: sender.send(server.url("/trickle"), HEADERS, BODY))
 
@@ -186,7 +180,7 @@ def test_slow_drip_response_is_cut_at_the_deadline(
 
 
 def test_a_reset_in_the_middle_of_the_response_is_a_connect_failure(
-    server: BehaviourServer, sender: HttpSender
+    server: Receiver, sender: HttpSender
 ) -> None:
     outcome = sender.send(server.url("/reset"), HEADERS, BODY)
 
@@ -208,7 +202,7 @@ def test_a_refused_connection_is_a_connect_failure(sender: HttpSender) -> None:
 
 
 def test_a_huge_2xx_body_is_a_success_and_only_64_kib_is_kept(
-    server: BehaviourServer, sender: HttpSender
+    server: Receiver, sender: HttpSender
 ) -> None:
     max_rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
@@ -226,7 +220,7 @@ def test_a_huge_2xx_body_is_a_success_and_only_64_kib_is_kept(
     assert max_rss_growth < 20 * 1024
 
 
-def test_a_compressed_body_is_not_inflated(server: BehaviourServer, sender: HttpSender) -> None:
+def test_a_compressed_body_is_not_inflated(server: Receiver, sender: HttpSender) -> None:
     tracemalloc.start()
     try:
         outcome = sender.send(server.url("/gzip"), HEADERS, BODY)
@@ -241,11 +235,11 @@ def test_a_compressed_body_is_not_inflated(server: BehaviourServer, sender: Http
     assert outcome.response_body == server.gzip_bomb.decode("utf-8", "replace").replace("\x00", "")
     # The gzip member inflates to 50 MB of zeros; decompressing would allocate that.
     assert peak < 4 * 1024 * 1024
-    assert server.seen("/gzip")[0].headers["accept-encoding"] == "identity"
+    assert server.received("/gzip")[0].headers["accept-encoding"] == "identity"
 
 
 def test_oversized_response_headers_are_an_other_failure(
-    server: BehaviourServer, sender: HttpSender
+    server: Receiver, sender: HttpSender
 ) -> None:
     outcome = sender.send(server.url("/big-headers"), HEADERS, BODY)
 
@@ -255,7 +249,7 @@ def test_oversized_response_headers_are_an_other_failure(
 
 
 def test_localhost_is_blocked_and_the_receiver_sees_nothing(
-    server: BehaviourServer, guarded_sender: HttpSender
+    server: Receiver, guarded_sender: HttpSender
 ) -> None:
     outcome = guarded_sender.send(server.url("/ok", host="localhost"), HEADERS, BODY)
 
@@ -264,21 +258,21 @@ def test_localhost_is_blocked_and_the_receiver_sees_nothing(
     assert "localhost resolves to 127.0.0.1" in outcome.error_message
     assert "loopback" in outcome.error_message
     assert "WEBHOOKS_ALLOWED_NETWORKS" in outcome.error_message
-    assert server.connections == 0
+    assert server.connections() == 0
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "2130706433", "127.1"])
 def test_literal_loopback_addresses_are_blocked(
-    server: BehaviourServer, guarded_sender: HttpSender, host: str
+    server: Receiver, guarded_sender: HttpSender, host: str
 ) -> None:
     outcome = guarded_sender.send(f"http://{host}:{server.port}/ok", HEADERS, BODY)
 
     assert outcome.error_kind == "blocked", outcome
-    assert server.connections == 0
+    assert server.connections() == 0
 
 
 def test_localhost_is_allowed_when_its_network_is_allowlisted(
-    server: BehaviourServer,
+    server: Receiver,
 ) -> None:
     resolved = {
         ipaddress.ip_address(info[4][0])
@@ -293,7 +287,7 @@ def test_localhost_is_allowed_when_its_network_is_allowlisted(
         outcome = http.send(server.url("/ok", host="localhost"), HEADERS, BODY)
 
     assert outcome.is_success, outcome
-    assert len(server.seen("/ok")) == 1
+    assert len(server.received("/ok")) == 1
 
 
 def test_a_name_with_one_private_address_among_public_ones_is_refused(
@@ -309,7 +303,7 @@ def test_a_name_with_one_private_address_among_public_ones_is_refused(
 
 
 def test_the_checked_address_is_the_one_connected_to(
-    server: BehaviourServer, sender: HttpSender, fake_dns: dict[str, Any]
+    server: Receiver, sender: HttpSender, fake_dns: dict[str, Any]
 ) -> None:
     # DNS rebinding: the first answer passes the check, a later one would not. Only one
     # lookup may happen, and the connection must go to its answer.
@@ -325,7 +319,7 @@ def test_the_checked_address_is_the_one_connected_to(
 
     assert outcome.is_success, outcome
     assert lookups == ["lookup"]
-    assert len(server.seen("/ok")) == 1
+    assert len(server.received("/ok")) == 1
 
 
 def test_a_name_that_does_not_resolve_is_a_dns_failure(
@@ -361,7 +355,7 @@ def test_a_dns_lookup_that_never_returns_is_abandoned_at_the_deadline(
 
 
 def test_proxy_environment_variables_do_not_route_around_the_guard(
-    server: BehaviourServer, monkeypatch: pytest.MonkeyPatch
+    server: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A proxy on loopback that would happily forward to anything.
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
@@ -370,11 +364,11 @@ def test_proxy_environment_variables_do_not_route_around_the_guard(
         outcome = http.send("http://10.0.0.1/", HEADERS, BODY)
 
     assert outcome.error_kind == "blocked"
-    assert server.connections == 0
+    assert server.connections() == 0
 
 
 def test_attempts_in_many_threads_keep_their_own_deadlines(
-    server: BehaviourServer, sender: HttpSender
+    server: Receiver, sender: HttpSender
 ) -> None:
     paths = ["/hang", "/ok", "/trickle", "/ok", "/error"] * 4
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
@@ -390,9 +384,7 @@ def test_attempts_in_many_threads_keep_their_own_deadlines(
             assert elapsed < 1.5
 
 
-def test_every_error_kind_reported_is_a_known_one(
-    server: BehaviourServer, sender: HttpSender
-) -> None:
+def test_every_error_kind_reported_is_a_known_one(server: Receiver, sender: HttpSender) -> None:
     for path in ("/ok", "/error", "/redirect", "/reset", "/big-headers"):
         kind = sender.send(server.url(path), HEADERS, BODY).error_kind
         assert kind is None or kind in ERROR_KINDS
@@ -406,26 +398,26 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def tls_server(certificate: tuple[Path, Path]) -> Iterator[BehaviourServer]:
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[Receiver]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*certificate)
-    receiver = BehaviourServer(tls_context=context).start()
+    receiver = Receiver(tls_context=context).start()
     yield receiver
     receiver.stop()
 
 
-def test_an_untrusted_certificate_is_a_tls_failure(tls_server: BehaviourServer) -> None:
+def test_an_untrusted_certificate_is_a_tls_failure(tls_server: Receiver) -> None:
     with HttpSender(timeout=TIMEOUT, allowed_networks=LOOPBACK) as http:
         outcome = http.send(tls_server.url("/ok", host="localhost"), HEADERS, BODY)
 
     assert (outcome.status, outcome.error_kind) == (None, "tls")
     assert outcome.error_message is not None
     assert "certificate verify failed" in outcome.error_message
-    assert tls_server.seen() == []
+    assert tls_server.received() == []
 
 
 def test_tls_verifies_the_hostname_not_the_address_connected_to(
-    tls_server: BehaviourServer, certificate: tuple[Path, Path]
+    tls_server: Receiver, certificate: tuple[Path, Path]
 ) -> None:
     # The certificate names localhost only. Connecting to the checked IP must still present
     # and verify "localhost"; an URL naming the IP must fail verification.
@@ -438,10 +430,10 @@ def test_tls_verifies_the_hostname_not_the_address_connected_to(
     assert by_address.error_kind == "tls", by_address
     assert by_address.error_message is not None
     assert "127.0.0.1" in by_address.error_message
-    assert len(tls_server.seen("/ok")) == 1
+    assert len(tls_server.received("/ok")) == 1
 
 
-def test_a_closed_sender_still_reports_instead_of_raising(server: BehaviourServer) -> None:
+def test_a_closed_sender_still_reports_instead_of_raising(server: Receiver) -> None:
     http = HttpSender(timeout=TIMEOUT, allowed_networks=LOOPBACK)
     http.close()
 
@@ -452,7 +444,7 @@ def test_a_closed_sender_still_reports_instead_of_raising(server: BehaviourServe
 
 @pytest.mark.slow
 def test_the_default_deadline_is_ten_seconds_for_hangs_and_slow_drips(
-    server: BehaviourServer,
+    server: Receiver,
 ) -> None:
     default = timedelta(seconds=10)
     with HttpSender(allowed_networks=LOOPBACK) as http, ThreadPoolExecutor(2) as pool:

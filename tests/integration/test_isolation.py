@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, deliveries, new_endpoint, publish_one
-from tests.polling import wait_for
-from tests.receiver import Receiver
+from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one
+from tests.support.polling import wait_for
+from tests.support.receivers import Receiver
 from webhooks.endpoints import get_endpoint
 from webhooks.settings import Settings
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import HANG, Receiver
+from tests.support.deliveries import new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import HANG, Receiver
 from webhooks.settings import Settings
 
 # A short deadline and lease so that recovery is quick; the lease stays longer than the

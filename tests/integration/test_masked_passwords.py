@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.support.cli import run_cli
 from webhooks.cli.doctor import run_checks, verdict
 from webhooks.settings import Settings
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,19 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
-from tests.helpers import new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.deliveries import new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 STACK_ENV = {"WEBHOOKS_RETRY_SCHEDULE": "1s", "WEBHOOKS_RETRY_WINDOW": "1s"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -17,15 +17,8 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from tests.conftest import make_env
-from tests.helpers import (
-    cli_ok,
-    deliveries,
-    expand,
-    new_endpoint,
-    publish_expanded,
-    publish_one,
-    run_cli,
-)
+from tests.support.cli import cli_ok, run_cli
+from tests.support.deliveries import deliveries, expand, new_endpoint, publish_expanded, publish_one
 from webhooks.database import create_engine, migrate, sql
 from webhooks.endpoints import add_endpoint, disable_endpoint
 from webhooks.event_types import matches

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.helpers import new_endpoint, publish_one
+from tests.support.deliveries import new_endpoint, publish_one
 from webhooks.endpoints import disable_endpoint
 from webhooks.outbox import REPLAYS_QUEUED, channel, publish
 from webhooks.replay import replay_event

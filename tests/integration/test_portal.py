@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from tests.api_support import bearer, new_key
-from tests.helpers import expand, new_endpoint, publish_expanded
+from tests.support.api import bearer, new_key
+from tests.support.deliveries import expand, new_endpoint, publish_expanded
 from webhooks import clock
 from webhooks.api import create_app
 from webhooks.database import sql
@@ -164,6 +164,8 @@ def test_an_expired_link_and_an_expired_session_show_the_error_page(
     visitor = browser(app)
     assert visitor.get(portal_link(client, key)["url"]).status_code == 303
     assert visitor.get("/portal/").status_code == 200
+    # Only the server's clock moves. freezegun would move the test client's too, and the client
+    # would drop the expired cookie itself, so the server's own check would never be reached.
     later = clock.now() + timedelta(minutes=31)
     monkeypatch.setattr(clock, "now", lambda: later)
     expired = browser(app).get(unused)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, cli_ok, new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok
+from tests.support.deliveries import attempts, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 """`webhooks endpoint check`: four probes against real receivers over HTTP, via the real CLI.
 
 One receiver verifies with the `standardwebhooks` library and dedupes by ``webhook-id``, as a
-careful customer's would; `tests.receiver.Receiver` accepts everything, as most do.
+careful customer's would; a plain `Receiver` accepts everything, as most do.
 """
 
 from __future__ import annotations
@@ -9,95 +9,59 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import standardwebhooks
 from sqlalchemy.engine import Engine
 
-from tests.helpers import count_rows, deliveries, new_endpoint, publish_one, run_cli
-from tests.receiver import Receiver
+from tests.support.cli import run_cli
+from tests.support.deliveries import count_rows, deliveries, new_endpoint, publish_one
+from tests.support.receivers import Receiver, Reply, Request, Responder
 from webhooks.endpoints import disable_endpoint
 from webhooks.settings import Settings
 
 PROBES = ["valid", "wrong_signature", "stale_timestamp", "duplicate_id"]
 
 
-class CarefulReceiver:
-    """Verifies every request with `standardwebhooks`, answers a repeated id 200 again.
+def verifying(secret: str, refuse_with: int) -> Responder:
+    """A careful customer's handler: verify with `standardwebhooks`, answer a request that does
+    not verify ``refuse_with``, a new id 204 and a repeated id 200 again."""
+    seen: set[str] = set()
+    lock = threading.Lock()
 
-    ``refuse_with`` is the status for a request that does not verify (401 by default).
-    """
+    def respond(request: Request) -> Reply:
+        try:
+            standardwebhooks.Webhook(secret).verify(request.body, request.headers)
+        except standardwebhooks.webhooks.WebhookVerificationError:
+            return Reply(refuse_with, b"", {})
+        with lock:
+            again = request.webhook_id in seen
+            seen.add(request.webhook_id)
+        return Reply(200 if again else 204, b"", {})
 
-    def __init__(self) -> None:
-        self.secrets: dict[str, str] = {}
-        self.refuse_with: dict[str, int] = {}
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}{path}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                headers = dict(self.headers.items())
-                with owner._lock:
-                    owner.requests.append((self.path, headers, body))
-                    secret = owner.secrets.get(self.path, "")
-                try:
-                    standardwebhooks.Webhook(secret).verify(body, headers)
-                except standardwebhooks.webhooks.WebhookVerificationError:
-                    self._answer(owner.refuse_with.get(self.path, 401))
-                    return
-                with owner._lock:
-                    seen = headers["webhook-id"] in owner._seen
-                    owner._seen.add(headers["webhook-id"])
-                self._answer(200 if seen else 204)
-
-            def _answer(self, status: int) -> None:
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-        return Handler
+    return respond
 
 
 @pytest.fixture(scope="module")
-def careful() -> Iterator[CarefulReceiver]:
-    receiver = CarefulReceiver()
+def careful() -> Iterator[Receiver]:
+    receiver = Receiver().start()
     yield receiver
     receiver.stop()
 
 
 def careful_endpoint(
-    careful: CarefulReceiver,
+    careful: Receiver,
     engine: Engine,
     settings: Settings,
     project: str,
     path: str,
     mode: str = "live",
+    *,
+    refuse_with: int = 401,
 ) -> str:
     endpoint_id, secret = new_endpoint(engine, settings, careful.url(path), project, mode=mode)
-    careful.secrets[path] = secret
+    careful.respond(path, verifying(secret, refuse_with))
     return endpoint_id
 
 
@@ -109,7 +73,7 @@ def check_json(env: dict[str, str], endpoint_id: str) -> tuple[int, dict[str, An
 
 def test_a_test_endpoint_is_probed_with_test_events(
     env: dict[str, str],
-    careful: CarefulReceiver,
+    careful: Receiver,
     engine: Engine,
     settings: Settings,
     project: str,
@@ -120,13 +84,13 @@ def test_a_test_endpoint_is_probed_with_test_events(
     code, report = check_json(env, endpoint_id)
 
     assert code == 0 and report["mode"] == "test"
-    bodies = [json.loads(b) for p, _, b in careful.requests if p == path]
+    bodies = [json.loads(r.body) for r in careful.received(path)]
     assert len(bodies) == 4 and all(b["mode"] == "test" for b in bodies)
 
 
 def test_a_receiver_that_verifies_signatures_passes_every_probe(
     env: dict[str, str],
-    careful: CarefulReceiver,
+    careful: Receiver,
     engine: Engine,
     settings: Settings,
     project: str,
@@ -142,19 +106,18 @@ def test_a_receiver_that_verifies_signatures_passes_every_probe(
     assert [p["expected"] for p in report["probes"]] == ["2xx", "4xx", "4xx", "2xx"]
     assert all(p["passed"] and p["hint"] for p in report["probes"])
 
-    sent = [(h, b) for p, h, b in careful.requests if p == path]
+    sent = careful.received(path)
     assert len(sent) == 4
     first, wrong, stale, again = sent
-    envelope = json.loads(first[1])
+    envelope = json.loads(first.body)
     assert envelope["type"] == "webhook.check" and envelope["mode"] == "live"
-    assert envelope["project_id"] == project and envelope["id"] == first[0]["webhook-id"]
+    assert envelope["project_id"] == project and envelope["id"] == first.webhook_id
     # The repeat is the first request again, as a retry is: same id and bytes, new signature.
-    assert again[0]["webhook-id"] == first[0]["webhook-id"] and again[1] == first[1]
+    assert again.webhook_id == first.webhook_id and again.body == first.body
     # The forged ones have ids of their own: dedupe cannot hide a missing verification.
-    assert len({h["webhook-id"] for h, _ in (first, wrong, stale)}) == 3
-    # Each probe is stamped when it is sent: the stale one is ten minutes older than the probe
-    # sent after it (against the first, a second boundary crossed in between made it 599).
-    assert int(again[0]["webhook-timestamp"]) - int(stale[0]["webhook-timestamp"]) >= 600
+    assert len({r.webhook_id for r in (first, wrong, stale)}) == 3
+    # Stale when it was sent (not against the first probe's second, which may be an earlier one).
+    assert stale.arrived_at - int(stale.headers["webhook-timestamp"]) >= 600
 
 
 def test_a_receiver_that_accepts_everything_fails_the_forged_probes_and_exits_1(
@@ -181,14 +144,13 @@ def test_a_receiver_that_accepts_everything_fails_the_forged_probes_and_exits_1(
 
 def test_refusing_forgeries_with_5xx_passes_with_a_hint_to_answer_4xx(
     env: dict[str, str],
-    careful: CarefulReceiver,
+    careful: Receiver,
     engine: Engine,
     settings: Settings,
     project: str,
     path: str,
 ) -> None:
-    endpoint_id = careful_endpoint(careful, engine, settings, project, path)
-    careful.refuse_with[path] = 500
+    endpoint_id = careful_endpoint(careful, engine, settings, project, path, refuse_with=500)
     code, report = check_json(env, endpoint_id)
     assert code == 0, report
     wrong = report["probes"][1]
@@ -198,7 +160,7 @@ def test_refusing_forgeries_with_5xx_passes_with_a_hint_to_answer_4xx(
 
 def test_probes_change_no_delivery_and_record_no_attempt(
     env: dict[str, str],
-    careful: CarefulReceiver,
+    careful: Receiver,
     engine: Engine,
     settings: Settings,
     project: str,

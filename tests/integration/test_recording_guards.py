@@ -13,22 +13,22 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import (
+from tests.support.cli import cli_ok, run_cli
+from tests.support.deliveries import (
     attempts,
-    cli_ok,
+    claim_now,
     deliveries,
+    execute_sql,
     new_endpoint,
     publish_expanded,
-    run_cli,
     wait_for_state,
 )
-from tests.polling import wait_for
-from tests.processes import BIN, Stack
-from tests.receiver import Receiver
+from tests.support.polling import wait_for
+from tests.support.processes import BIN, Stack
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.attempts import run_attempt
 from webhooks.claims import (
-    Claim,
     begin_attempt,
     claim_due,
     reap_expired_leases,
@@ -41,24 +41,12 @@ from webhooks.endpoints import disable_endpoint, set_rate_limit
 from webhooks.settings import Settings
 
 
-def _claim(engine: Engine, settings: Settings, event_id: str) -> Claim:
-    with engine.begin() as conn:
-        batch = claim_due(conn, settings, clock.now(), 100)
-    [claim] = [c for c in batch.claims if c.event_id == event_id]
-    return claim
-
-
 def _delivery_row(engine: Engine, settings: Settings, event_id: str) -> Any:
     with engine.connect() as conn:
         return conn.execute(
             sql("SELECT * FROM {s}.deliveries WHERE event_id = :e", settings.db_schema),
             {"e": event_id},
         ).one()
-
-
-def _execute(engine: Engine, settings: Settings, statement: str, **params: Any) -> None:
-    with engine.begin() as conn:
-        conn.execute(sql(statement, settings.db_schema), params)
 
 
 def test_an_attempt_whose_response_cannot_be_interpreted_is_stored_and_scheduled(
@@ -73,7 +61,7 @@ def test_an_attempt_whose_response_cannot_be_interpreted_is_stored_and_scheduled
     receiver.reply_headers(path, {"Retry-After": "30"})
     new_endpoint(engine, settings, receiver.url(path), project)
     event_id = publish_expanded(engine, settings, project)
-    claim = _claim(engine, settings, event_id)
+    claim = claim_now(engine, settings, event_id)
 
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("interpreting exploded")
@@ -101,7 +89,7 @@ def test_a_result_written_twice_under_one_claim_is_stored_once(
     receiver.script(path, [500])
     new_endpoint(engine, settings, receiver.url(path), project)
     event_id = publish_expanded(engine, settings, project)
-    claim = _claim(engine, settings, event_id)
+    claim = claim_now(engine, settings, event_id)
     with driver_connection(engine) as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None
@@ -125,7 +113,7 @@ def test_an_http_endpoint_is_not_sent_to_once_plain_http_is_turned_off(
 ) -> None:
     new_endpoint(engine, settings, receiver.url(path), project)  # created while allowed
     event_id = publish_expanded(engine, settings, project)
-    claim = _claim(engine, settings, event_id)
+    claim = claim_now(engine, settings, event_id)
     strict = dataclasses.replace(settings, allow_http=False)
 
     with HttpSender(timeout=settings.timeout, allowed_networks=settings.allowed_networks) as sender:
@@ -148,8 +136,8 @@ def test_reclaims_without_an_attempt_are_counted_until_one_is_recorded(
     new_endpoint(engine, settings, receiver.url(path), project)
     event_id = publish_expanded(engine, settings, project)
     for expected in (1, 2):
-        claim = _claim(engine, settings, event_id)  # its message is lost: nothing is sent
-        _execute(
+        claim = claim_now(engine, settings, event_id)  # its message is lost: nothing is sent
+        execute_sql(
             engine,
             settings,
             "UPDATE {s}.deliveries SET lease_expires_at = :past WHERE id = :id",
@@ -170,7 +158,7 @@ def test_reclaims_without_an_attempt_are_counted_until_one_is_recorded(
     assert attempts(engine, settings, event_id) == []  # no attempt invented
 
     with HttpSender(timeout=settings.timeout, allowed_networks=settings.allowed_networks) as sender:
-        run_attempt(engine, sender, settings, _claim(engine, settings, event_id))
+        run_attempt(engine, sender, settings, claim_now(engine, settings, event_id))
     assert _delivery_row(engine, settings, event_id).reclaims == 0
 
 
@@ -183,7 +171,7 @@ def test_a_held_row_of_an_enabled_endpoint_is_released_by_the_periodic_pass(
     event_id = publish_expanded(engine, settings, project)  # held: the endpoint is disabled
     # The enable commits first and cannot see the held row (the race): it is enabled behind
     # the release's back.
-    _execute(
+    execute_sql(
         engine, settings, "UPDATE {s}.endpoints SET enabled = true WHERE id = :id", id=endpoint_id
     )
     assert _delivery_row(engine, settings, event_id).next_attempt_at is None
@@ -202,26 +190,28 @@ def test_a_delivery_deferred_past_its_window_fails_instead_of_waiting(
     event_id = publish_expanded(engine, settings, project)
     with engine.begin() as conn:
         set_rate_limit(conn, settings, endpoint_id, 1)
-    # The first attempt was made long ago; the rate limit's next slot lies past the window.
-    window = settings.retry_window
-    _execute(
+    # The first attempt was made long ago: the window is still open 2 s, but the rate limit's
+    # next slot lies past it. One instant throughout, or a slow machine would close the window
+    # by itself and the test would pass without the deferral being judged.
+    now = clock.now()
+    execute_sql(
         engine,
         settings,
         "UPDATE {s}.deliveries SET first_attempt_at = :first, attempt_count = 1, "
         "failed_attempts = 1 WHERE event_id = :e",
-        first=clock.now() - window + timedelta(seconds=2),
+        first=now - settings.retry_window + timedelta(seconds=2),
         e=event_id,
     )
-    _execute(
+    execute_sql(
         engine,
         settings,
         "UPDATE {s}.endpoints SET next_send_at = :slot WHERE id = :id",
-        slot=clock.now() + timedelta(seconds=30),
+        slot=now + timedelta(seconds=30),
         id=endpoint_id,
     )
 
     with engine.begin() as conn:
-        batch = claim_due(conn, settings, clock.now(), 100)
+        batch = claim_due(conn, settings, now, 100)
 
     assert batch.claims == [] or all(c.event_id != event_id for c in batch.claims)
     [delivery] = deliveries(engine, settings, event_id)
@@ -239,7 +229,7 @@ def test_the_dispatcher_releases_a_held_row_the_enable_did_not_see(
     with engine.begin() as conn:
         disable_endpoint(conn, settings, endpoint_id)
     event_id = publish_expanded(engine, settings, project)
-    _execute(
+    execute_sql(
         engine, settings, "UPDATE {s}.endpoints SET enabled = true WHERE id = :id", id=endpoint_id
     )
 

@@ -8,17 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import (
-    attempts,
-    cli_ok,
-    new_endpoint,
-    publish_one,
-    run_cli,
-    wait_for_state,
-)
-from tests.polling import wait_for
-from tests.processes import settle
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok, run_cli
+from tests.support.deliveries import attempts, new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import settle
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.endpoints import disable_endpoint, enable_endpoint
 from webhooks.recovery import get_recovery

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import cli_ok, new_endpoint, publish_one, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok
+from tests.support.deliveries import new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.endpoints import set_rate_limit

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import new_endpoint
+from tests.support.deliveries import new_endpoint
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.retention import PruneReport, prune

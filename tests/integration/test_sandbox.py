@@ -11,10 +11,11 @@ from collections.abc import Callable
 import standardwebhooks
 from sqlalchemy.engine import Engine
 
-from tests.helpers import cli_ok, deliveries, publish_one, run_cli, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok, run_cli
+from tests.support.deliveries import deliveries, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks.catalogue import example_data
 from webhooks.models import Delivery
 from webhooks.settings import Settings

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_env
-from tests.helpers import cli_ok, run_cli
+from tests.support.cli import cli_ok, run_cli
 from webhooks.database import create_engine
 from webhooks.settings import Settings
 

@@ -8,8 +8,8 @@ import standardwebhooks
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
-from tests.helpers import new_endpoint, publish_one, wait_for_state
-from tests.receiver import Receiver
+from tests.support.deliveries import new_endpoint, publish_one, wait_for_state
+from tests.support.receivers import Receiver
 from webhooks.errors import ConfigurationError
 from webhooks.sealing import seal, unseal
 from webhooks.settings import Settings

@@ -15,10 +15,11 @@ import standardwebhooks
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
-from tests.helpers import cli_ok, new_endpoint, publish_one, run_cli, wait_for_state
-from tests.polling import wait_for
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok, run_cli
+from tests.support.deliveries import new_endpoint, publish_one, wait_for_state
+from tests.support.polling import wait_for
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.cli.doctor import run_checks
 from webhooks.endpoints import rotate_secret

@@ -9,9 +9,10 @@ import standardwebhooks
 import svix.webhooks
 from sqlalchemy.engine import Engine
 
-from tests.helpers import cli_ok, publish_one, wait_for_state
-from tests.processes import Stack
-from tests.receiver import Receiver
+from tests.support.cli import cli_ok
+from tests.support.deliveries import publish_one, wait_for_state
+from tests.support.processes import Stack
+from tests.support.receivers import Receiver
 from webhooks.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("stack")

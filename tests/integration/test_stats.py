@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import new_endpoint
+from tests.support.deliveries import new_endpoint
 from webhooks import clock
 from webhooks.cli.operations import format_stats
 from webhooks.database import create_engine, migrate, sql

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import count_rows, run_cli
-from tests.processes import BIN
+from tests.support.cli import run_cli
+from tests.support.deliveries import count_rows
+from tests.support.processes import BIN
 from webhooks import InvalidArgument, InvalidPayload, publish
 from webhooks.settings import Settings
 

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.helpers import attempts, cli_ok, new_endpoint, publish_one, run_cli
-from tests.http_receivers import ESCAPES_BODY, BehaviourServer
-from webhooks import clock
+from tests.support.cli import cli_ok, run_cli
+from tests.support.deliveries import attempts, claim_now, new_endpoint, publish_one
+from tests.support.receivers import ESCAPES_BODY, Receiver
 from webhooks.attempts import run_attempt
-from webhooks.claims import claim_due
 from webhooks.database import sql
 from webhooks.delivery import MAX_RESPONSE_HEADER_BYTES, TRUNCATED_HEADERS_KEY, HttpSender
 from webhooks.models import Attempt, customer_error_message
@@ -26,8 +25,8 @@ from webhooks.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[BehaviourServer]:
-    receiver = BehaviourServer().start()
+def server() -> Iterator[Receiver]:
+    receiver = Receiver().start()
     yield receiver
     receiver.stop()
 
@@ -38,9 +37,7 @@ def attempt_once(
     """Publish one event to a new endpoint at ``url`` and make its first attempt."""
     new_endpoint(engine, settings, url, project)
     event_id = publish_one(engine, settings, project)
-    with engine.begin() as conn:
-        batch = claim_due(conn, settings, clock.now(), 100)
-    [claim] = [c for c in batch.claims if c.event_id == event_id]
+    claim = claim_now(engine, settings, event_id)
     run_attempt(engine, sender, settings, claim)
     [attempt] = attempts(engine, settings, event_id)
     return event_id, attempt
@@ -59,7 +56,7 @@ def stored_headers(engine: Engine, settings: Settings, event_id: str) -> dict[st
 
 
 def test_a_receiver_sending_75_kb_of_headers_has_8_kib_stored_and_marked(
-    engine: Engine, settings: Settings, server: BehaviourServer, project: str
+    engine: Engine, settings: Settings, server: Receiver, project: str
 ) -> None:
     with HttpSender(allowed_networks=settings.allowed_networks) as sender:
         event_id, attempt = attempt_once(
@@ -76,7 +73,7 @@ def test_a_receiver_sending_75_kb_of_headers_has_8_kib_stored_and_marked(
 
 
 def test_control_characters_in_a_body_are_escaped_in_tables_and_json(
-    engine: Engine, settings: Settings, env: dict[str, str], server: BehaviourServer, project: str
+    engine: Engine, settings: Settings, env: dict[str, str], server: Receiver, project: str
 ) -> None:
     with HttpSender(allowed_networks=settings.allowed_networks) as sender:
         event_id, attempt = attempt_once(engine, settings, server.url("/escapes"), project, sender)
@@ -102,7 +99,7 @@ def stdout(env: dict[str, str], *args: str) -> str:
 
 
 def test_a_blocked_attempt_names_the_internal_address_to_operators_only(
-    engine: Engine, settings: Settings, env: dict[str, str], server: BehaviourServer, project: str
+    engine: Engine, settings: Settings, env: dict[str, str], server: Receiver, project: str
 ) -> None:
     # localhost is a name (accepted at creation) that resolves to loopback, which this
     # sender's policy (production's: nothing opened) refuses at the attempt.
@@ -112,7 +109,7 @@ def test_a_blocked_attempt_names_the_internal_address_to_operators_only(
         )
 
     assert attempt.error_kind == "blocked"
-    assert server.seen("/ok") == []
+    assert server.received("/ok") == []
     # Operators: the stored message, as the CLI shows it, names the address and the setting.
     [shown] = cli_ok(env, "attempts", event_id, "--json")
     assert "localhost resolves to" in shown["error_message"]

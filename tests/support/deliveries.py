@@ -1,16 +1,14 @@
-"""Small helpers the integration tests share: make endpoints, publish, read state."""
+"""Endpoints, events and deliveries in the database, as the tests make and read them."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from tests.polling import wait_for
-from tests.processes import BIN
+from tests.support.polling import wait_for
+from webhooks import clock
+from webhooks.claims import Claim, claim_due
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
 from webhooks.expansion import Expanded, Expander, expand_events
@@ -102,26 +100,11 @@ def count_rows(engine: Engine, settings: Settings, table: str) -> int:
         )
 
 
-def run_cli(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``webhooks ARGS`` as an operator would, in the given environment."""
-    return subprocess.run(
-        [str(BIN / "webhooks"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
-
-
-def cli_ok(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
-    """Run ``webhooks ARGS``, insist on success, and return its JSON (with --json) or text."""
-    result = run_cli(env, *args, stdin=stdin)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout) if "--json" in args else result.stdout + result.stderr
+def claims_now(engine: Engine, settings: Settings, *event_ids: str) -> list[Claim]:
+    """Claim what is due now, as a dispatcher would; the claims of these events."""
+    with engine.begin() as conn:
+        batch = claim_due(conn, settings, clock.now(), 100)
+    return [c for c in batch.claims if c.event_id in event_ids]
 
 
 def expand(engine: Engine, settings: Settings, *event_ids: str) -> Expanded:
@@ -132,3 +115,16 @@ def expand(engine: Engine, settings: Settings, *event_ids: str) -> Expanded:
         with engine.begin() as conn:
             return expand_events(conn, settings, event_ids)
     return Expander(engine, settings).run(budget=float("inf"))
+
+
+def claim_now(engine: Engine, settings: Settings, event_id: str) -> Claim:
+    """Claim what is due now; the one claim of this event."""
+    [claim] = claims_now(engine, settings, event_id)
+    return claim
+
+
+def execute_sql(engine: Engine, settings: Settings, statement: str, **params: Any) -> list[Any]:
+    """Run one statement (``{s}`` is the schema) in its own transaction; its rows, if any."""
+    with engine.begin() as conn:
+        result = conn.execute(sql(statement, settings.db_schema), params)
+        return list(result.all()) if result.returns_rows else []

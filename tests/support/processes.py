@@ -1,4 +1,6 @@
-"""The Procfile's processes as real subprocesses, for integration and fault tests."""
+"""Real subprocesses for the tests: `spawn` starts one in its own session, `Process.stop`
+stops it and whatever it spawned by its process group, and `Stack` runs the Procfile's
+workers and dispatchers for integration and fault tests."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -42,6 +44,32 @@ class Process:
             self.signal(signal.SIGKILL)  # reap stragglers of the group, if any
 
 
+def spawn(
+    name: str,
+    argv: list[str],
+    env: dict[str, str] | None,
+    log: Path,
+    *,
+    cwd: Path | None = None,
+) -> Process:
+    """Start ``argv`` in its own session, its output (stdout and stderr) in ``log``.
+
+    Args:
+        env: the whole environment (None: this process's).
+    """
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Process(name, popen, log)
+
+
 @dataclass
 class Stack:
     """Workers and dispatchers sharing one environment (schema, queue, settings)."""
@@ -54,17 +82,7 @@ class Stack:
         self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
     ) -> Process:
         log = self.logdir / f"{name}-{len(self.processes)}.log"
-        handle = log.open("wb")
-        popen = subprocess.Popen(
-            argv,
-            env={**os.environ, **self.env, **(extra_env or {})},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        handle.close()
-        process = Process(name, popen, log)
+        process = spawn(name, argv, {**os.environ, **self.env, **(extra_env or {})}, log)
         self.processes.append(process)
         return process
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -14,8 +13,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import Engine
 
-from tests.polling import wait_for
-from tests.processes import BIN
+from tests.support.polling import wait_for
+from tests.support.processes import BIN, spawn
 from webhooks.keys import create_key, parse_networks
 from webhooks.settings import Settings
 
@@ -55,13 +54,8 @@ _LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 def served_api(env: dict[str, str], logdir: Path) -> Iterator[str]:
     """`webhooks api --host 127.0.0.1 --port 0` as an operator starts it; yields its base URL."""
     log = logdir / "api.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(BIN / "webhooks"), "api", "--host", "127.0.0.1", "--port", "0"],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [str(BIN / "webhooks"), "api", "--host", "127.0.0.1", "--port", "0"]
+    process = spawn("api", argv, {**os.environ, **env}, log)
     try:
         port = wait_for(
             lambda: (m := _LISTENING.search(log.read_text())) and m.group(1),
@@ -72,9 +66,4 @@ def served_api(env: dict[str, str], logdir: Path) -> Iterator[str]:
         assert httpx.get(base + "/v1/openapi.json", timeout=5).status_code == 200
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop()
