@@ -16,7 +16,7 @@ import standardwebhooks
 from sqlalchemy.engine import Engine
 
 from tests.support.cli import run_cli
-from tests.support.deliveries import count_rows, deliveries, new_endpoint, publish_one
+from tests.support.deliveries import count_rows, deliveries, new_endpoint, publish_expanded
 from tests.support.receivers import Receiver, Reply, Request, Responder
 from webhooks.endpoints import disable_endpoint
 from webhooks.settings import Settings
@@ -169,7 +169,7 @@ def test_probes_change_no_delivery_and_record_no_attempt(
     endpoint_id = careful_endpoint(careful, engine, settings, project, path)
     with engine.begin() as conn:
         disable_endpoint(conn, settings, endpoint_id, reason="held for the test")
-    event_id = publish_one(engine, settings, project)
+    event_id = publish_expanded(engine, settings, project)
     before = deliveries(engine, settings, event_id)
     counts = {t: count_rows(engine, settings, t) for t in ("events", "deliveries", "attempts")}
 
