@@ -101,7 +101,9 @@ def count_rows(engine: Engine, settings: Settings, table: str) -> int:
 
 
 def claims_now(engine: Engine, settings: Settings, *event_ids: str) -> list[Claim]:
-    """Claim what is due now, as a dispatcher would; the claims of these events."""
+    """Claim what is due now, as a dispatcher's round does (expanding these events first);
+    the claims of these events."""
+    expand(engine, settings, *event_ids)
     with engine.begin() as conn:
         batch = claim_due(conn, settings, clock.now(), 100)
     return [c for c in batch.claims if c.event_id in event_ids]
