@@ -348,9 +348,15 @@ def attempts_where(
     where.when(delivery_id, "a.delivery_id = :delivery_id", "delivery_id")
     where.when(endpoint_id, "a.endpoint_id = :endpoint_id", "endpoint_id")
     if status is not None:
-        # One of two fixed texts (the API checks the value), so it is part of the plan.
-        where.add(SUCCEEDED if status == "succeeded" else f"NOT {SUCCEEDED}")
+        where.add(outcome_is(status))
     return where
+
+
+def outcome_is(status: str) -> str:
+    """The condition for attempts that ``succeeded`` or ``failed``: one of two fixed texts
+    (never the value given), so the planner sees which, and ``failed`` reads the partial
+    indexes of failed attempts."""
+    return SUCCEEDED if status == "succeeded" else f"NOT {SUCCEEDED}"
 
 
 def list_attempts_page(
