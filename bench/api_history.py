@@ -26,7 +26,6 @@ CHUNK = 100_000
 
 # The project of row g (integers only are formatted in: no value from outside).
 _PROJECT = "CASE WHEN g % 10 < 6 THEN 'proj_big' || (g % {big}) ELSE 'proj_s' || (g % {small}) END"
-_ENDPOINT = "(" + _PROJECT + ") || '_ep' || (g % {routed})"
 
 ENDPOINTS = """
 INSERT INTO {s}.endpoints (id, project_id, mode, url, secrets, created_at, updated_at)
@@ -94,13 +93,27 @@ def add_projects(engine: sa.Engine, schema: str, small_projects: int) -> None:
         conn.execute(sa.text(RECOVERY_ROWS.format(s=f'"{schema}"', **sizes)))
 
 
-def add_history(engine: sa.Engine, schema: str, small_projects: int, lo: int, hi: int) -> None:
+def add_history(
+    engine: sa.Engine,
+    schema: str,
+    small_projects: int,
+    lo: int,
+    hi: int,
+    *,
+    one_project: bool = False,
+) -> None:
     """Deliveries (and events) ``lo`` to ``hi``, two attempts each, then VACUUM ANALYZE.
 
-    Attempts are inserted newest row first, so that ids grow with time as they do live."""
+    With ``one_project``, every row is ``proj_big0``'s (a small history whose pages of that
+    project's filtered lists are as full as with a large one). Attempts are inserted newest
+    row first, so that ids grow with time as they do live."""
     sizes = _sizes(small_projects)
-    project = _PROJECT.format(**sizes)
-    statement = HISTORY.format(s=f'"{schema}"', project=project, endpoint=_ENDPOINT.format(**sizes))
+    project = "'proj_big0'" if one_project else _PROJECT.format(**sizes)
+    statement = HISTORY.format(
+        s=f'"{schema}"',
+        project=project,
+        endpoint=f"({project}) || '_ep' || (g % {ROUTED_ENDPOINTS})",
+    )
     # Newest rows are the lowest g: insert the oldest chunk first, for ids in time order.
     starts = list(range(lo, hi + 1, CHUNK))
     for start in reversed(starts):
