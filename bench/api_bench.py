@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import statistics
@@ -55,6 +56,7 @@ ROUTES = {
 }
 CONNECTIONS = 16
 OPEN_LOOP_CONNECTIONS = 64
+RESULTS_DIR = ROOT / "bench" / "results"
 _LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
@@ -399,8 +401,17 @@ def main() -> None:
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes()
     results = measure(sizes, runs=1 if args.quick else args.runs)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = (
+        RESULTS_DIR / f"api-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    path.write_text(json.dumps(results, indent=2))
+    for name, figure in results.items():
+        if isinstance(figure, dict) and "median" in figure:
+            print(f"  {name}: {figure['min']:.4g} / {figure['median']:.4g} / {figure['max']:.4g}")
     for line in summary(results):
         print(line)
+    say(f"JSON: {path}")
 
 
 if __name__ == "__main__":
