@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("throughput", "latency", "blackhole", "rss", "claim", "publish", "recovery")
+SECTIONS = ("throughput", "latency", "blackhole", "rss", "claim", "publish", "recovery", "api")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,6 +256,13 @@ def run(args: argparse.Namespace) -> int:
         say("publish cost")
         extra["publish"] = publish_cost.measure(runs=args.runs, calls=args.publish_calls)
         say(f"publish: {extra['publish']}")
+    if "api" in sections:
+        from bench import api_bench
+
+        say("HTTP API: list pages beside a bare uvicorn hello route")
+        sizes = api_bench.Sizes.quick() if args.quick else api_bench.Sizes()
+        extra["api"] = api_bench.measure(sizes, runs=args.runs)
+        say("api: " + "; ".join(api_bench.summary(extra["api"])))
     meta["elapsed_seconds"] = round(time.monotonic() - started)
     meta["config"] = {k: v for k, v in vars(args).items()}
     results = summarize(meta, per_run, extra, notes)

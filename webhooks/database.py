@@ -28,7 +28,12 @@ from webhooks.settings import Settings
 
 
 def create_engine(
-    settings: Settings, *, pool_size: int = 5, pre_ping: bool = True, wait_for_flush: bool = True
+    settings: Settings,
+    *,
+    pool_size: int = 5,
+    pre_ping: bool = True,
+    wait_for_flush: bool = True,
+    plan_each_query: bool = False,
 ) -> Engine:
     """Return an engine for `DATABASE_URL`.
 
@@ -42,8 +47,17 @@ def create_engine(
     the last few hundred milliseconds of them. Only for writers whose every write is safe to
     forget (the dispatcher: a forgotten claim leaves its row due, and the worker that got
     its message finds the claim token unknown and sends nothing).
+
+    ``plan_each_query=True`` keeps psycopg from preparing statements it runs often: Postgres
+    would soon plan a prepared one once for any values (a generic plan), from average
+    estimates, and the HTTP API's lists must not: an endpoint with a million attempts is
+    no average endpoint, and a plan made for a few rows sorts all of its rows to give a page.
     """
-    connect_args = {} if wait_for_flush else {"options": "-c synchronous_commit=off"}
+    connect_args: dict[str, Any] = {}
+    if not wait_for_flush:
+        connect_args["options"] = "-c synchronous_commit=off"
+    if plan_each_query:
+        connect_args["prepare_threshold"] = None
     return sa.create_engine(
         settings.database_url,
         connect_args=connect_args,

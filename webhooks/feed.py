@@ -1,11 +1,15 @@
 """The attempts just recorded, for live tails (the HTTP API's attempt stream).
 
-Each recorded attempt is announced on the attempts channel with its id
-(`claims.NOTIFY_ATTEMPT`); a tail reads the rows of a batch of ids in one query, with what a
-subscriber filters on (project, mode, endpoint, event, event type, outcome). With
-``WEBHOOKS_NOTIFY=false`` nothing is announced and a tail polls for ids instead: ids are
-handed out in insertion order, not commit order, so a poll looks back a little
-(`attempt_ids_since`) and the tail drops the ids it has already seen.
+A tail does not rely on what a notification says (the worker may send one per attempt, one
+per recorded batch, with any payload, or none at all with ``WEBHOOKS_NOTIFY=false``): woken
+by a notification, or once a second, it asks for the ids above the last it has seen
+(`attempt_ids_since`, on the primary key) and reads the rows of the new ones in one query
+(`read_attempts`), with what a subscriber filters on (project, mode, endpoint, event, event
+type, outcome). Ids are handed out in insertion order, not commit order, so the tail looks
+back a little and drops the ids it has already seen.
+
+A client that reconnects with the last id it got reads what it missed of its scope with
+`attempt_ids_after`, a walk of the attempt list's indexes in id order.
 """
 
 from __future__ import annotations
@@ -17,17 +21,17 @@ from sqlalchemy.engine import Connection
 
 from webhooks.database import sql
 from webhooks.models import Attempt
+from webhooks.pages import Scope, outcome_is, scoped
 from webhooks.settings import Settings
 
 # Most ids read in one query; a larger batch is read in several.
 MAX_BATCH = 500
 
 FEED_ATTEMPTS = """
-SELECT a.id, a.number, a.trigger, a.delivery_id, a.event_id, a.endpoint_id, d.mode,
+SELECT a.id, a.number, a.trigger, a.delivery_id, a.event_id, a.endpoint_id, a.mode,
        a.started_at, a.duration_ms, a.request_url, a.response_status, a.error_kind,
-       a.error_message, a.response_body, d.project_id, ev.type AS event_type
+       a.error_message, a.response_body, a.project_id, ev.type AS event_type
 FROM {s}.attempts a
-JOIN {s}.deliveries d ON d.id = a.delivery_id
 JOIN {s}.events ev ON ev.id = a.event_id
 WHERE a.id = ANY (CAST(:ids AS bigint[]))
 ORDER BY a.id
@@ -37,6 +41,7 @@ NEWEST_ATTEMPT = "SELECT coalesce(max(id), 0) FROM {s}.attempts"
 ATTEMPT_IDS_SINCE = """
 SELECT id FROM {s}.attempts WHERE id > :floor ORDER BY id LIMIT :limit
 """
+ATTEMPT_IDS_AFTER = "SELECT a.id FROM {s}.attempts a WHERE {where} ORDER BY a.id LIMIT :limit"
 
 
 @dataclass(frozen=True)
@@ -74,5 +79,30 @@ def attempt_ids_since(
     newest id it has seen, so an attempt whose transaction commits late is still found)."""
     rows = conn.execute(
         sql(ATTEMPT_IDS_SINCE, settings.db_schema), {"floor": floor, "limit": limit}
+    )
+    return [int(row.id) for row in rows]
+
+
+def attempt_ids_after(
+    conn: Connection,
+    settings: Settings,
+    scope: Scope,
+    after: int,
+    limit: int,
+    *,
+    endpoint_id: str | None = None,
+    event_id: str | None = None,
+    status: str | None = None,
+) -> list[int]:
+    """The first ``limit`` ids of the scope's attempts above ``after``, oldest first (an
+    index walk in id order: the attempt list's indexes, read forwards)."""
+    where = scoped("a", scope).add("a.id > :after", after=after)
+    where.when(endpoint_id, "a.endpoint_id = :endpoint_id", "endpoint_id")
+    where.when(event_id, "a.event_id = :event_id", "event_id")
+    if status is not None:
+        where.add(outcome_is(status))
+    rows = conn.execute(
+        sql(ATTEMPT_IDS_AFTER.replace("{where}", where.sql), settings.db_schema),
+        {**where.params, "limit": limit},
     )
     return [int(row.id) for row in rows]

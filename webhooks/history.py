@@ -31,8 +31,8 @@ DELIVERIES = """
 SELECT id, event_id, endpoint_id, mode, state, attempt_count, next_attempt_at
 FROM {s}.deliveries WHERE event_id = :event_id ORDER BY endpoint_id
 """
-# Newest first. With --endpoint, `deliveries_endpoint (endpoint_id, created_at)` is read
-# backwards; otherwise `deliveries_project_created (project_id, created_at, id)`: either way
+# Newest first. With --endpoint, `deliveries_endpoint_created (endpoint_id, created_at, id)` is
+# read backwards; otherwise `deliveries_project_created (project_id, created_at, id)`: either way
 # the scan stops after LIMIT matching rows. The last attempt is one index probe per row
 # listed (`attempts_delivery (delivery_id, number)`).
 PROJECT_DELIVERIES = """

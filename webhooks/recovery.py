@@ -161,23 +161,34 @@ WHERE recovery_id = :id AND state = 'pending'
 """
 # Progress from real outcomes: a replay's `outcome` is set when its attempt is recorded.
 # Held: queued, not sendable now (endpoint disabled, or its breaker open).
-STATUS = """
+# A recovery's progress, counted from its replays. ``{recoveries}`` is where its rows come
+# from: the table, or a page of it (the counts are read per row of that page, in its order).
+_STATUS_OF = """
 SELECT rc.id, rc.project_id, rc.mode, rc.endpoint_id, rc.state, rc.total, rc.scanned,
        rc.since, rc.until, rc.delivery_state, rc.event_type, rc.include_unrouted,
-       rc.created_at, rc.finished_at,
-       count(r.id) FILTER (WHERE r.state <> 'cancelled') AS queued,
-       count(r.id) FILTER (WHERE r.outcome IS NOT NULL) AS sent,
-       count(r.id) FILTER (WHERE r.outcome = 'succeeded') AS succeeded,
-       count(r.id) FILTER (WHERE r.outcome = 'failed') AS failed,
-       count(r.id) FILTER (WHERE r.state = 'pending'
-                           AND (NOT e.enabled OR e.breaker_open_until > :now)) AS held
-FROM {s}.recoveries rc
-LEFT JOIN {s}.replays r ON r.recovery_id = rc.id
-LEFT JOIN {s}.deliveries d ON d.id = r.delivery_id
-LEFT JOIN {s}.endpoints e ON e.id = d.endpoint_id
-WHERE rc.id = :id
-GROUP BY rc.id
+       rc.created_at, rc.finished_at, c.queued, c.sent, c.succeeded, c.failed, c.held
+FROM {recoveries} rc
+CROSS JOIN LATERAL (
+    SELECT count(r.id) FILTER (WHERE r.state <> 'cancelled') AS queued,
+           count(r.id) FILTER (WHERE r.outcome IS NOT NULL) AS sent,
+           count(r.id) FILTER (WHERE r.outcome = 'succeeded') AS succeeded,
+           count(r.id) FILTER (WHERE r.outcome = 'failed') AS failed,
+           count(r.id) FILTER (WHERE r.state = 'pending'
+                               AND (NOT e.enabled OR e.breaker_open_until > :now)) AS held
+    FROM {s}.replays r
+    LEFT JOIN {s}.deliveries d ON d.id = r.delivery_id
+    LEFT JOIN {s}.endpoints e ON e.id = d.endpoint_id
+    WHERE r.recovery_id = rc.id
+) c
 """
+STATUS = _STATUS_OF.replace("{recoveries}", "{s}.recoveries") + "WHERE rc.id = :id"
+
+
+def recoveries_status(page: str) -> str:
+    """The progress of each recovery a query of recovery rows (``page``) gives, in one
+    statement, in that query's order."""
+    return _STATUS_OF.replace("{recoveries}", f"({page})")
+
 
 RECOVERY_STATES = ("failed", "all")
 
@@ -313,6 +324,11 @@ def get_recovery(conn: Connection, settings: Settings, recovery_id: str, now: da
     ).one_or_none()
     if row is None:
         raise RecoveryNotFound(recovery_id)
+    return recovery_from_row(row)
+
+
+def recovery_from_row(row: Any) -> Recovery:
+    """A recovery from a row of `STATUS` (or `RECOVERY_STATUS_OF`)."""
     return Recovery(
         id=row.id,
         project_id=row.project_id,

@@ -1,14 +1,16 @@
 """The HTTP API served by `webhooks api` (real uvicorn) with a real worker and dispatcher: a
-customer's script creates an endpoint, publishes, reads the attempts and replays."""
+customer's script, with a key made by `webhooks key create`, creates an endpoint, publishes,
+reads the attempts, replays, and watches the replay's attempt arrive on the stream it opened
+before replaying."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from tests.support.api import bearer, served_api
+from tests.support.api import SseClient, bearer, served_api
 from tests.support.cli import cli_ok
 from tests.support.polling import wait_for
 from tests.support.processes import Stack
@@ -28,10 +30,18 @@ def test_create_publish_read_attempts_and_replay_through_the_served_api(
 ) -> None:
     key = cli_ok(env, "key", "create", "--project", project, "--mode", "live", "--json")["key"]
     with httpx.Client(base_url=api_url, headers=bearer(key), timeout=10) as api:
-        check_the_whole_path(api, receiver, event_path=path)
+        check_the_whole_path(
+            api, receiver, event_path=path, stream=lambda **params: SseClient(api_url, key, params)
+        )
 
 
-def check_the_whole_path(api: httpx.Client, receiver: Receiver, *, event_path: str) -> None:
+def check_the_whole_path(
+    api: httpx.Client,
+    receiver: Receiver,
+    *,
+    event_path: str,
+    stream: Callable[..., SseClient],
+) -> None:
     path = event_path
     endpoint = api.post("/v1/webhook_endpoints", json={"url": receiver.url(path)})
     assert endpoint.status_code == 201, endpoint.text
@@ -59,10 +69,20 @@ def check_the_whole_path(api: httpx.Client, receiver: Receiver, *, event_path: s
     full = api.get(f"/v1/webhook_attempts/{first['id']}").json()
     assert full["request_headers"]["webhook-id"] == event_id
 
-    replayed = api.post(f"/v1/events/{event_id}/replay")
-    assert replayed.status_code == 202 and replayed.json() == {"queued": 1}
-    both = wait_for(lambda: attempts(2), what="the replay's attempt")
-    assert [a["trigger"] for a in both] == ["replay", "scheduled"]
+    # Connected before the replay: the replay's attempt must reach it, and only that one.
+    watcher = stream(event_id=event_id)
+    try:
+        replayed = api.post(f"/v1/events/{event_id}/replay")
+        assert replayed.status_code == 202 and replayed.json() == {"queued": 1}
+        both = wait_for(lambda: attempts(2), what="the replay's attempt")
+        assert [a["trigger"] for a in both] == ["replay", "scheduled"]
+        streamed = wait_for(
+            lambda: watcher.attempts_of(event_id), what="the replay's attempt on the stream"
+        )
+        assert [a["id"] for a in streamed] == [both[0]["id"]]
+        assert streamed[0]["trigger"] == "replay"
+    finally:
+        watcher.close()
     assert len(receiver.received(path)) == 2
     shown = api.get(f"/v1/events/{event_id}").json()
     assert shown["deliveries"][0]["state"] == "succeeded"

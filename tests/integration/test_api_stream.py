@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +16,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.support.api import bearer, new_key, served_api
+from tests.support.api import SseClient, bearer, new_key, served_api
 from tests.support.deliveries import new_endpoint, publish_one
 from tests.support.polling import wait_for
 from tests.support.processes import Stack
 from tests.support.receivers import Receiver
-from webhooks.api import _tail
-from webhooks.api._stream import attempt_frame
+from webhooks.api import _stream, _tail
+from webhooks.api._stream import attempt_frame, frame_id
 from webhooks.api._tail import SLOW_CLIENT, AttemptTail, End, StreamFilter
 from webhooks.database import sql
 from webhooks.settings import Settings, attempts_channel
@@ -46,56 +44,6 @@ def attempts(engine: Engine, settings: Settings, event_id: str) -> list[Any]:
         )
 
 
-class SseClient:
-    """A client reading the stream in a thread: raw lines, and the events parsed from them."""
-
-    def __init__(self, base_url: str, key: str, params: dict[str, str] | None = None) -> None:
-        self.lines: list[str] = []
-        self.events: list[dict[str, Any]] = []
-        self.status: int | None = None
-        self._client = httpx.Client(base_url=base_url, headers=bearer(key), timeout=30)
-        self._params = params or {}
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        wait_for(lambda: ": subscribed" in self.lines, what="the stream to be subscribed")
-
-    def _read(self) -> None:
-        fields: dict[str, str] = {}
-        try:
-            with self._client.stream(
-                "GET", "/v1/webhook_attempts/stream", params=self._params
-            ) as response:
-                self.status = response.status_code
-                for line in response.iter_lines():
-                    self.lines.append(line)
-                    if not line:
-                        if "data" in fields:
-                            self.events.append(
-                                {
-                                    "event": fields.get("event"),
-                                    "id": fields.get("id"),
-                                    "data": json.loads(fields["data"]),
-                                }
-                            )
-                        fields = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(": ")
-                        fields[name] = value
-        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.StreamClosed):
-            pass
-
-    def attempts_of(self, event_id: str) -> list[dict[str, Any]]:
-        return [
-            e["data"]
-            for e in self.events
-            if e["event"] == "webhook_attempt" and e["data"]["event_id"] == event_id
-        ]
-
-    def close(self) -> None:
-        self._client.close()
-        self._thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def api(
     env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -109,8 +57,10 @@ def api(
 def clients() -> Iterator[Callable[..., SseClient]]:
     opened: list[SseClient] = []
 
-    def open_client(base_url: str, key: str, **params: str) -> SseClient:
-        opened.append(SseClient(base_url, key, params))
+    def open_client(
+        base_url: str, key: str, headers: dict[str, str] | None = None, **params: str
+    ) -> SseClient:
+        opened.append(SseClient(base_url, key, params, headers))
         return opened[-1]
 
     yield open_client
@@ -297,3 +247,133 @@ def test_with_notify_off_the_tail_polls_and_still_sends_each_attempt_once(
     ids = sorted(a.id for i in event_ids for a in attempts(engine, settings, i))
     assert [item for item in held if not isinstance(item, bytes)] == []
     assert sorted(int(bytes(f).split(b"\n")[0].removeprefix(b"id: att_")) for f in held) == ids
+
+
+def test_a_notification_wakes_the_tail_whatever_its_payload(
+    engine: Engine,
+    settings: Settings,
+    stack: Stack,
+    receiver: Receiver,
+    project: str,
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker may announce a batch with one notification and any payload: the tail
+    reads what is new above the last id it saw. Its once-a-second poll is put off here (to
+    a minute), so only the notification can have woken it."""
+    new_endpoint(engine, settings, receiver.url(path), project)
+    event_id = publish_one(engine, settings, project)
+    [recorded] = wait_for(lambda: attempts(engine, settings, event_id), what="an attempt")
+    monkeypatch.setattr(_tail, "POLL_SECONDS", 60.0)
+    tail = AttemptTail(settings, engine, render=attempt_frame)
+    copies: list[int] = []
+
+    def record_two_and_notify_once() -> None:
+        with engine.begin() as conn:
+            copies.extend(copy_attempt(conn, settings, recorded.id) for _ in range(2))
+            conn.execute(
+                sa.text("SELECT pg_notify(:channel, 'a batch')"),
+                {"channel": attempts_channel(settings.db_schema)},
+            )
+
+    async def main() -> list[bytes | End]:
+        subscription = await tail.subscribe(StreamFilter(project, "live"))
+        await asyncio.to_thread(record_two_and_notify_once)
+        got = [await asyncio.wait_for(subscription.queue.get(), 20) for _ in copies]
+        tail.close()
+        return got
+
+    held = asyncio.run(main())
+    assert [frame_id(f) for f in held if isinstance(f, bytes)] == copies
+
+
+def copy_attempt(conn: Any, settings: Settings, attempt_id: int) -> int:
+    """A new attempt row like ``attempt_id`` (as a worker records one, without notifying)."""
+    columns = (
+        "delivery_id, event_id, endpoint_id, project_id, mode, number, trigger, started_at, "
+        "duration_ms, request_url, request_headers, response_status, response_headers, "
+        "response_body, error_kind, error_message"
+    )
+    return int(
+        conn.execute(
+            sql(
+                f"INSERT INTO {{s}}.attempts ({columns}) SELECT {columns} FROM {{s}}.attempts "
+                "WHERE id = :id RETURNING id",
+                settings.db_schema,
+            ),
+            {"id": attempt_id},
+        ).scalar_one()
+    )
+
+
+def test_a_client_reconnecting_with_last_event_id_gets_what_it_missed_then_the_live_tail(
+    engine: Engine,
+    settings: Settings,
+    stack: Stack,
+    receiver: Receiver,
+    api: tuple[str, Path],
+    clients: Callable[..., SseClient],
+    project: str,
+    path: str,
+) -> None:
+    url, _ = api
+    new_endpoint(engine, settings, receiver.url(path), project)
+    new_endpoint(engine, settings, receiver.url(path), project + "x")
+    events = [publish_one(engine, settings, project) for _ in range(3)]
+    publish_one(engine, settings, project + "x")  # another project's: never sent
+    ids = recorded_ids(engine, settings, events)
+    key = new_key(engine, settings, project, "live", scope="read")
+
+    client = clients(url, key, headers={"Last-Event-ID": f"att_{ids[0]}"})
+    wait_for(lambda: len(client.events) >= 2, what="the missed attempts")
+    later = publish_one(engine, settings, project)
+    wait_for(lambda: client.attempts_of(later), what="the live attempt after them")
+    [live] = attempts(engine, settings, later)
+    assert [e["id"] for e in client.events] == [f"att_{i}" for i in [*ids[1:], live.id]]
+
+
+def recorded_ids(engine: Engine, settings: Settings, events: list[str]) -> list[int]:
+    """The ids of the events' attempts (one each), once all are recorded, in id order."""
+
+    def all_recorded() -> list[int]:
+        found = [a.id for e in events for a in attempts(engine, settings, e)]
+        return sorted(found) if len(found) == len(events) else []
+
+    return wait_for(all_recorded, what="the attempts")
+
+
+def test_a_reconnection_gets_at_most_a_bounded_number_then_where_to_resume(
+    engine: Engine,
+    settings: Settings,
+    stack: Stack,
+    receiver: Receiver,
+    project: str,
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    new_endpoint(engine, settings, receiver.url(path), project)
+    ids = recorded_ids(engine, settings, [publish_one(engine, settings, project) for _ in range(3)])
+    monkeypatch.setattr(_stream, "BACKFILL", 2)
+    tail = AttemptTail(settings, engine, render=attempt_frame)
+    scope = StreamFilter(project, "live")
+
+    first = _stream.read_missed(tail, scope, ids[0] - 1)
+    assert [frame_id(f) for f in first.frames] == ids[:2]
+    assert first.resume_after == ids[1]
+    rest = _stream.read_missed(tail, scope, ids[1])
+    assert [frame_id(f) for f in rest.frames] == ids[2:]
+    assert rest.resume_after is None
+
+
+def test_a_malformed_last_event_id_is_400(
+    engine: Engine, settings: Settings, api: tuple[str, Path], project: str
+) -> None:
+    url, _ = api
+    key = new_key(engine, settings, project, "test")
+    response = httpx.get(
+        url + "/v1/webhook_attempts/stream",
+        headers={**bearer(key), "Last-Event-ID": "evt_123"},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "Last-Event-ID"

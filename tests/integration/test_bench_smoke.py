@@ -123,3 +123,20 @@ def test_quick_bench_runs_every_pipeline_and_counts_every_event(
     assert product["attempts_stored"] >= product["events"]
     assert results["per_run"]["noop_drain"][0]["completed"] == results["meta"]["config"]["events"]
     assert "product_w8" in results["extra"]["publish"]
+
+
+@pytest.mark.slow
+def test_quick_api_bench_serves_every_route_without_an_error() -> None:
+    """`bench.api_bench` with a few thousand rows and a second per figure: both API processes
+    and the hello app start, every request of every loop is answered 200, and the summary
+    compares each figure with its target."""
+    from bench import api_bench
+
+    results = api_bench.measure(api_bench.Sizes.quick(), runs=1)
+    for route in ("hello", *api_bench.ROUTES):
+        assert results[f"{route}_per_s"]["median"] > 0
+        assert results[f"{route}_errors"]["max"] == 0
+        assert results[f"{route}_half_errors"]["max"] == 0
+    lines = api_bench.summary(results)
+    assert [line.split(":")[0] for line in lines] == ["hello", "list", "filtered"]
+    assert all("met" in line for line in lines[1:])

@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
     from webhooks.portal import is_portal_path
 
     settings = settings or Settings.from_env()
-    engine = create_engine(settings, pool_size=10)
+    engine = create_engine(settings, pool_size=10, plan_each_query=True)
     state = ApiState(
         settings=settings,
         engine=engine,

@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from re import Pattern
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
-from starlette.routing import BaseRoute, Match
+from starlette.routing import compile_path
 
 log = logging.getLogger("webhooks.api.requests")
 
@@ -40,60 +41,55 @@ REQUEST_SECONDS = Histogram(
 UNMATCHED = "unmatched"
 
 
-def flat_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
-    """The routes with a path, those of included routers too (FastAPI keeps an included
-    router's routes, prefix and all, behind one entry of the app's list)."""
-    flat: list[BaseRoute] = []
-    for route in routes:
-        included = getattr(route, "original_router", None)
-        if included is not None:
-            flat.extend(flat_routes(included.routes))
-        elif hasattr(route, "path"):
-            flat.append(route)
-    return flat
+def route_templates(app: FastAPI) -> list[tuple[Pattern[str], str]]:
+    """The path templates of the app's documented routes (its OpenAPI document's paths), each
+    with the pattern of the paths it serves; templates without a parameter first, so that
+    ``/v1/webhook_attempts/stream`` is not taken for an attempt's id."""
+    paths = sorted(app.openapi().get("paths", {}), key=lambda template: template.count("{"))
+    return [(compile_path(template)[0], template) for template in paths]
 
 
-def route_of(routes: Sequence[BaseRoute], request: Request) -> str:
+def route_of(templates: Sequence[tuple[Pattern[str], str]], request: Request) -> str:
     """The path template of the route that serves ``request`` (also when the guard answered
-    before routing, or the method is not allowed), or ``unmatched``."""
+    before routing), or ``unmatched``."""
     routed = request.scope.get("route")
     if routed is not None and hasattr(routed, "path"):
         return str(routed.path)
-    partial = UNMATCHED
-    for route in routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", UNMATCHED))
-        if match == Match.PARTIAL and partial == UNMATCHED:
-            partial = str(getattr(route, "path", UNMATCHED))
-    return partial
+    # Not routed: the path as the app sees it (without the prefix it may be mounted under).
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    for pattern, template in templates:
+        if pattern.match(path):
+            return template
+    return UNMATCHED
 
 
 def install(app: FastAPI) -> None:
     """Count, time and log every request ``app`` answers (the outermost middleware: it sees
     the guard's refusals too)."""
 
-    routes: list[BaseRoute] = []
+    templates: list[tuple[Pattern[str], str]] = []
 
     @app.middleware("http")
     async def observe(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if not routes:  # once, when every route is in place
-            routes.extend(flat_routes(app.router.routes))
+        if not templates:  # once, when every route is in place
+            templates.extend(route_templates(app))
         started = time.perf_counter()
         try:
             response = await call_next(request)
         except Exception:
             # Answered by the server's last-resort handler, outside this middleware: a 500.
-            _record(routes, request, 500, time.perf_counter() - started)
+            _record(templates, request, 500, time.perf_counter() - started)
             raise
-        _record(routes, request, response.status_code, time.perf_counter() - started)
+        _record(templates, request, response.status_code, time.perf_counter() - started)
         return response
 
 
-def _record(routes: Sequence[BaseRoute], request: Request, status: int, seconds: float) -> None:
-    route = route_of(routes, request)
+def _record(
+    templates: Sequence[tuple[Pattern[str], str]], request: Request, status: int, seconds: float
+) -> None:
+    route = route_of(templates, request)
     REQUESTS.labels(route, request.method, str(status)).inc()
     REQUEST_SECONDS.labels(route).observe(seconds)
     identity = getattr(request.state, "identity", None)

@@ -1,11 +1,14 @@
-"""One listener per API process for the attempt stream, fanned out to its clients in memory.
+"""One reader of new attempts per API process, fanned out to its clients in memory.
 
-A thread of the process LISTENs on the attempts channel (or, with ``WEBHOOKS_NOTIFY=false``,
-polls for new ids once a second). For each batch of notified ids it reads the rows in one
-query (`feed.read_attempts`), renders each attempt once, and hands the frames to the event
-loop, which offers each to the subscriptions whose filters match. So an attempt costs one
-query per process, whatever the number of clients, and nothing at all while none is
-connected.
+A thread of the process waits for a notification on the attempts channel (whatever its
+payload: one per attempt, one per recorded batch, or empty) or for a second to pass (with
+``WEBHOOKS_NOTIFY=false`` it only waits for the second), then asks for the ids above the last
+it has seen (`feed.attempt_ids_since`, looking back a few seconds for ids whose transactions
+committed late), reads the rows of the new ones in one query (`feed.read_attempts`), renders
+each attempt once, and hands the frames to the event loop, which offers each to the
+subscriptions whose filters match. So an attempt costs one query per process, whatever the
+number of clients, and a second at most between its commit and its frame without
+notifications.
 
 Each subscription has a bounded queue. A client that falls `queue_size` frames behind is
 dropped: its queue is emptied and an end frame put in its place, so a slow reader costs a
@@ -43,6 +46,8 @@ LOOK_BACK_SECONDS = 10.0
 # A subscription waits this long for the listener to be ready; after that, 503.
 READY_SECONDS = 10.0
 RECONNECT_SECONDS = 1.0
+# Ids read per query of new ids.
+ID_PAGE = 10_000
 
 
 @dataclass(frozen=True)
@@ -220,36 +225,27 @@ class AttemptTail:
         url = sa.make_url(self.settings.database_url).set(drivername="postgresql")
         with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
             conn.execute(f'LISTEN "{attempts_channel(self.settings.db_schema)}"')
-            self._set_ready()
+            ids = self._start_reading()
             while not self._stopping.is_set():
-                # One commit may announce many attempts, and many commits may be waiting:
-                # after the first notification, take every one already there as one batch.
-                ids = [n.payload for n in conn.notifies(timeout=POLL_SECONDS, stop_after=1)]
-                if ids:
-                    ids += [n.payload for n in conn.notifies(timeout=0.0)]
-                    self._publish([int(i) for i in ids if i.isdigit()])
+                # Only that something was recorded matters, not what a notification says:
+                # take every one already there, then read what is new.
+                if any(True for _ in conn.notifies(timeout=POLL_SECONDS, stop_after=1)):
+                    for _ in conn.notifies(timeout=0.0):
+                        pass
+                self._publish(ids.new())
 
     def _poll(self) -> None:
-        with self.engine.connect() as conn:
-            floor = newest_attempt_id(conn, self.settings)
-        self._set_ready()
-        seen: set[int] = set()
-        highs: deque[tuple[float, int]] = deque([(time.monotonic(), floor)])
+        ids = self._start_reading()
         while not self._stopping.wait(POLL_SECONDS):
-            now = time.monotonic()
-            while len(highs) > 1 and highs[1][0] < now - LOOK_BACK_SECONDS:
-                highs.popleft()
-            floor = highs[0][1]
-            seen = {i for i in seen if i > floor}
-            with self.engine.connect() as conn:
-                found = attempt_ids_since(conn, self.settings, floor)
-            fresh = [i for i in found if i not in seen]
-            seen.update(fresh)
-            highs.append((now, max([highs[-1][1], *found])))
-            if fresh:
-                self._publish(fresh)
+            self._publish(ids.new())
 
-    def _publish(self, ids: list[int]) -> None:
+    def _start_reading(self) -> NewIds:
+        with self.engine.connect() as conn:
+            newest = newest_attempt_id(conn, self.settings)
+        self._set_ready()
+        return NewIds(self.settings, self.engine, newest)
+
+    def _publish(self, ids: Sequence[int]) -> None:
         if not ids or not self._subscriptions or self._loop is None:
             return
         with self.engine.connect() as conn:
@@ -258,3 +254,43 @@ class AttemptTail:
         if frames:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._fan_out, frames)
+
+
+class NewIds:
+    """The ids of attempts recorded since the last call, each once (on the listener thread).
+
+    Ids are handed out when a row is inserted and become visible when its transaction
+    commits, so a smaller id may appear after a larger one: each read starts from the
+    highest id seen `LOOK_BACK_SECONDS` ago, and the ids seen since are remembered.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, newest: int) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._seen: set[int] = set()
+        self._highs: deque[tuple[float, int]] = deque([(time.monotonic(), newest)])
+
+    def new(self) -> list[int]:
+        """Ids above the look-back's floor not returned before, oldest first."""
+        now = time.monotonic()
+        while len(self._highs) > 1 and self._highs[1][0] < now - LOOK_BACK_SECONDS:
+            self._highs.popleft()
+        floor = self._highs[0][1]
+        self._seen = {i for i in self._seen if i > floor}
+        found = self._ids_above(floor)
+        fresh = [i for i in found if i not in self._seen]
+        self._seen.update(fresh)
+        self._highs.append((now, max([self._highs[-1][1], *found])))
+        return fresh
+
+    def _ids_above(self, floor: int) -> list[int]:
+        # In pages, so that a burst larger than a page is read whole, not its first page
+        # over and over.
+        found: list[int] = []
+        with self.engine.connect() as conn:
+            while True:
+                page = attempt_ids_since(conn, self.settings, floor, ID_PAGE)
+                found += page
+                if len(page) < ID_PAGE:
+                    return found
+                floor = page[-1]
