@@ -24,6 +24,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
@@ -36,8 +37,7 @@ from sqlalchemy.engine import Engine
 
 from webhooks import clock, metrics
 from webhooks.admission import CAPACITY_RECHECK
-from webhooks.claims import (
-    Claim,
+from webhooks.claiming import (
     Reaped,
     claim_due,
     next_due_at,
@@ -46,9 +46,10 @@ from webhooks.claims import (
     release_held,
 )
 from webhooks.clock_offset import CLOCK_CHECK_EVERY, warn_if_clock_offset
-from webhooks.database import create_engine
+from webhooks.database import create_engine, listen
 from webhooks.endpoints import drop_retired_secrets
 from webhooks.heartbeats import beat, forget, forget_stale, new_dispatcher_id
+from webhooks.messages import TASK_NAME, Claim, Trigger, task_id, task_kwargs
 from webhooks.outbox import REPLAYS_QUEUED, channel
 from webhooks.recovery import RECOVERIES_CREATED, advance_recoveries
 from webhooks.sealing import plaintext_warning
@@ -90,30 +91,19 @@ class TickResult:
     next_due: datetime | None = None
 
 
-def task_id(claim: Claim) -> str:
-    """A readable Celery task id: findable in Flower by delivery id and attempt."""
-    return f"{claim.delivery_id}-a{claim.attempt}-{claim.claim_token[:8]}"
-
-
-def send_claim(app: Celery, settings: Settings, claim: Claim, producer: Any) -> None:
-    """Publish the ``webhooks.deliver`` message of one claim."""
-    kwargs = {
-        "delivery_id": claim.delivery_id,
-        "event_id": claim.event_id,
-        "endpoint_id": claim.endpoint_id,
-        "attempt": claim.attempt,
-        "claim_token": claim.claim_token,
-        "trigger": claim.trigger,
-    }
+def send_claims(app: Celery, settings: Settings, claims: Sequence[Claim], producer: Any) -> None:
+    """Publish one ``webhooks.deliver`` message carrying ``claims`` (one, or a batch)."""
+    kwargs = task_kwargs(claims)
     app.send_task(
-        "webhooks.deliver",
+        TASK_NAME,
         kwargs=kwargs,
         queue=settings.queue,
-        task_id=task_id(claim),
+        task_id=task_id(claims),
         producer=producer,
         # What Flower shows as the arguments. Celery would build the same text with its
-        # length-capped `saferepr`, a visible share of the dispatcher's time per message;
-        # these values are short ids and numbers, so plain repr is exact and cheap.
+        # length-capped `saferepr`, a visible share of the dispatcher's time per message, and
+        # would cut a batch's list short; these values are short ids and numbers, so plain
+        # repr is exact and cheap.
         argsrepr="()",
         kwargsrepr=repr(kwargs),
     )
@@ -139,7 +129,7 @@ class Dispatcher:
         self._last: dict[str, float] = {}
         self._replays_queued = False
         self._recoveries_due = True
-        self._last_turn: dict[str, str] = {}
+        self._last_turn: dict[str, Trigger] = {}
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick and return."""
@@ -215,7 +205,7 @@ class Dispatcher:
         try:
             with self.app.producer_or_acquire() as producer:
                 for claim in claims:
-                    send_claim(self.app, self.settings, claim, producer)
+                    send_claims(self.app, self.settings, [claim], producer)
                     sent += 1
         except Exception:
             log.exception("dispatcher.broker_error", extra={"unsent": len(claims) - sent})
@@ -306,10 +296,7 @@ class Dispatcher:
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
-            url = sa.make_url(self.settings.database_url).set(drivername="postgresql")
-            conninfo = url.render_as_string(hide_password=False)
-            self._listener = psycopg.connect(conninfo, autocommit=True)
-            self._listener.execute(f'LISTEN "{channel(self.settings)}"')
+            self._listener = listen(self.engine, channel(self.settings))
         return self._listener
 
     def _close_listener(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -16,6 +17,11 @@ from sqlalchemy.engine import Engine
 from webhooks.database import create_engine
 from webhooks.delivery import HttpSender
 from webhooks.settings import Settings
+
+# Threads that make a batch's attempts at once (`attempts.run_attempts`). They wait on
+# sockets; each black-holed endpoint holds one for its deadline, and the per-endpoint cap
+# bounds how many such attempts are in flight, so this many leave room for the rest.
+ATTEMPT_THREADS = 256
 
 
 @dataclass(frozen=True)
@@ -25,9 +31,11 @@ class WorkerResources:
     settings: Settings
     engine: Engine
     sender: HttpSender
+    attempt_pool: ThreadPoolExecutor
 
     def close(self) -> None:
-        """Close the HTTP connections and the database pool."""
+        """Close the attempt threads, the HTTP connections and the database pool."""
+        self.attempt_pool.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
         self.engine.dispose()
 
@@ -48,6 +56,7 @@ def get_resources() -> WorkerResources:
                 sender=HttpSender(
                     timeout=settings.timeout, allowed_networks=settings.allowed_networks
                 ),
+                attempt_pool=ThreadPoolExecutor(ATTEMPT_THREADS, thread_name_prefix="attempt"),
             )
         return _resources
 

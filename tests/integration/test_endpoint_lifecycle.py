@@ -15,18 +15,13 @@ from sqlalchemy.engine import Engine
 from tests.helpers import attempts, cli_ok, deliveries, new_endpoint, publish_one, run_cli
 from tests.integration.test_cli import assert_one_line_error
 from webhooks import clock
-from webhooks.claims import (
-    Claim,
-    RecordedAttempt,
-    begin_attempt,
-    claim_due,
-    record_attempt,
-    release_held,
-)
-from webhooks.database import driver_connection, sql
+from webhooks.claiming import claim_due, release_held
+from webhooks.database import sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import delete_endpoint, get_endpoint, update_endpoint
 from webhooks.errors import EndpointDeleted
+from webhooks.messages import Claim
+from webhooks.recording import RecordedAttempt, begin_attempt, record_attempt
 from webhooks.replay import replay_event
 from webhooks.settings import Settings
 
@@ -52,7 +47,7 @@ def _attempt(
     engine: Engine, settings: Settings, claim: Claim, outcome: DeliveryOutcome
 ) -> RecordedAttempt:
     """Begin the attempt under ``claim`` and record ``outcome``, as a worker would."""
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None
     with engine.begin() as conn:
@@ -82,7 +77,7 @@ def test_a_claim_taken_before_a_delete_sends_nothing(
     with engine.begin() as conn:
         delete_endpoint(conn, settings, endpoint_id)
 
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         assert begin_attempt(conn, settings, claim, clock.now()) is None
         # A message that waited long renews its lease first: that path refuses too.
         late = clock.now() + settings.lease
@@ -120,7 +115,7 @@ def test_a_request_on_the_wire_at_the_delete_is_recorded_and_the_delivery_stays_
         with engine.begin() as conn:
             replay_event(conn, settings, event_id)
     [claim] = [c for c in _claims(engine, settings, event_id) if c.trigger == trigger]
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None  # the request goes out now...
 
@@ -164,7 +159,7 @@ def test_a_replay_queued_against_a_delete_is_closed_not_sent(
     [claim] = _claims(engine, settings, event_id)
     assert claim.trigger == "replay"
 
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         assert begin_attempt(conn, settings, claim, clock.now()) is None
 
     [row] = _execute(
@@ -240,7 +235,7 @@ def test_a_new_url_makes_waiting_retries_due_now_and_keeps_mode_and_project(
     assert delivery.state == "pending"
     assert delivery.next_attempt_at is not None and delivery.next_attempt_at <= clock.now()
     [claim] = _claims(engine, settings, event_id)
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None and job.url == "http://127.0.0.1:9/fixed"
 

@@ -18,7 +18,7 @@ from tests.helpers import attempts, cli_ok, new_endpoint, publish_one, run_cli
 from tests.http_receivers import ESCAPES_BODY, BehaviourServer
 from webhooks import clock
 from webhooks.attempts import run_attempt
-from webhooks.claims import claim_due
+from webhooks.claiming import claim_due
 from webhooks.database import sql
 from webhooks.delivery import MAX_RESPONSE_HEADER_BYTES, TRUNCATED_HEADERS_KEY, HttpSender
 from webhooks.models import Attempt, customer_error_message

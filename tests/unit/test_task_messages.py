@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhooks.claims import Claim
+from webhooks.messages import Claim, Trigger, claims_from_kwargs, task_id
 from webhooks.settings import Settings
 from workers.app import celery_config
-from workers.dispatcher import send_claim, task_id
+from workers.dispatcher import send_claims
 
 CLAIM = Claim(
     delivery_id="dlv_0123456789abcdef",
@@ -15,7 +15,7 @@ CLAIM = Claim(
     endpoint_id="ep_01def",
     attempt=3,
     claim_token="6f1c3a2e-0000-4000-8000-000000000000",
-    trigger="scheduled",
+    trigger=Trigger.SCHEDULED,
 )
 
 
@@ -29,7 +29,7 @@ class RecordingApp:
 
 def test_message_names_the_delivery_event_endpoint_and_attempt_and_nothing_else() -> None:
     app = RecordingApp()
-    send_claim(app, Settings.from_env({"WEBHOOKS_QUEUE": "hooks"}), CLAIM, producer=None)  # type: ignore[arg-type]
+    send_claims(app, Settings.from_env({"WEBHOOKS_QUEUE": "hooks"}), [CLAIM], producer=None)  # type: ignore[arg-type]
     [(name, options)] = app.sent
     assert name == "webhooks.deliver"
     assert options["queue"] == "hooks"
@@ -42,10 +42,33 @@ def test_message_names_the_delivery_event_endpoint_and_attempt_and_nothing_else(
         "trigger": "scheduled",
     }
     assert "args" not in options and "countdown" not in options and "eta" not in options
+    assert claims_from_kwargs(options["kwargs"]) == [CLAIM]
+
+
+def test_a_batch_lists_each_attempt_by_its_ids_and_reads_back_the_same_claims() -> None:
+    replay = Claim(
+        **{
+            **CLAIM.__dict__,
+            "delivery_id": "dlv_fedcba9876543210",
+            "attempt": 1,
+            "trigger": Trigger.REPLAY,
+        }
+    )
+    app = RecordingApp()
+    send_claims(app, Settings.from_env({}), [CLAIM, replay], producer=None)  # type: ignore[arg-type]
+    [(name, options)] = app.sent
+    assert name == "webhooks.deliver"
+    entries = options["kwargs"]["attempts"]
+    assert [e["delivery_id"] for e in entries] == ["dlv_0123456789abcdef", "dlv_fedcba9876543210"]
+    assert [e["trigger"] for e in entries] == ["scheduled", "replay"]
+    # Flower searches the arguments' text: every delivery id of the batch is in it.
+    assert "dlv_fedcba9876543210" in options["kwargsrepr"]
+    assert claims_from_kwargs(options["kwargs"]) == [CLAIM, replay]
+    assert options["task_id"] == "dlv_0123456789abcdef-a3-b2-6f1c3a2e"
 
 
 def test_task_id_is_findable_by_delivery_id_in_flower() -> None:
-    assert task_id(CLAIM) == "dlv_0123456789abcdef-a3-6f1c3a2e"
+    assert task_id([CLAIM]) == "dlv_0123456789abcdef-a3-6f1c3a2e"
 
 
 def test_celery_is_configured_for_at_least_once_with_postgres_holding_the_schedule() -> None:
