@@ -11,6 +11,7 @@ endpoint in a batch delays no other attempt in it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -139,7 +140,7 @@ def run_attempts(
 
     Returns one report per claim, in the claims' order.
     """
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    autocommit = _autocommit(engine)
     jobs = _retry_once(lambda: _begin(autocommit, settings, claims))
     reports: dict[int, AttemptReport] = {}
     live: list[tuple[int, AttemptJob]] = []
@@ -157,11 +158,29 @@ def run_attempts(
             pool.submit(make_attempt, sender, settings, job): i for i, job in live
         }
         pending: set[Future[MadeAttempt]] = set(started)
+        crashed: list[BaseException] = []
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            finished = [(started[future], future.result()) for future in done]
+            finished = []
+            for future in done:
+                error = future.exception()
+                if error is None:
+                    finished.append((started[future], future.result()))
+                else:
+                    crashed.append(error)
             reports.update(_record(engine, autocommit, settings, finished))
+        if crashed:
+            # The others are recorded; the task fails as a single attempt's would, and the
+            # crashed attempt's lease brings its delivery back.
+            raise crashed[0]
     return [reports[i] for i in range(len(claims))]
+
+
+@functools.lru_cache(maxsize=8)
+def _autocommit(engine: Engine) -> Engine:
+    # The same pool; its connections run each statement as its own transaction (no BEGIN
+    # and COMMIT round trips around the one-statement read and settle).
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _begin(engine: Engine, settings: Settings, claims: Sequence[Claim]) -> list[AttemptJob | None]:

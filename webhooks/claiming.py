@@ -95,7 +95,8 @@ DUE_CANDIDATES = (
     + """
 SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
        coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited,
-       d.first_attempt_at + :window AS window_end, e.deleted_at IS NOT NULL AS deleted
+       d.first_attempt_at + :window AS window_end, e.deleted_at IS NOT NULL AS deleted,
+       (SELECT coalesce(sum(n), 0) FROM busy) AS everywhere
 FROM {s}.deliveries d
 JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
 LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
@@ -112,7 +113,8 @@ REPLAY_CANDIDATES = (
     + BUSY
     + """
 SELECT r.id AS replay_id, d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
-       coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited
+       coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited,
+       (SELECT coalesce(sum(n), 0) FROM busy) AS everywhere
 FROM {s}.replays r
 JOIN {s}.deliveries d ON d.id = r.delivery_id
 JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
@@ -259,12 +261,17 @@ def release_held(conn: Connection, settings: Settings, now: datetime) -> int:
 class ClaimBatch:
     """What one claim round took, how many due rows wait only for a free slot (or for their
     kind's share of the next batch), whether queued replays were left for the next round,
-    and, per endpoint claimed, which kind went last (for `admission.take_turns`)."""
+    and, per endpoint claimed, which kind went last (for `admission.take_turns`); how many
+    attempts were in flight everywhere, and which endpoints lately gave no response."""
 
     claims: list[Claim]
     waiting: int = 0
     replays_left: bool = False
     last_turn: dict[str, Trigger] = field(default_factory=dict)
+    # Attempts in flight everywhere before this round, and the endpoints claimed for whose
+    # last attempt got no response (for `messages.group_claims`).
+    in_flight: int = 0
+    unsteady: frozenset[str] = frozenset()
 
 
 def claim_due(
@@ -364,6 +371,8 @@ def claim_due(
         admission.waiting,
         replays_left=len(queued) >= limit or decided < len(queued),
         last_turn=turns,
+        in_flight=max(int(row.everywhere) for row in [*due, *queued]),
+        unsteady=frozenset(row.endpoint_id for row in [*due, *queued] if row.consecutive_failures),
     )
 
 

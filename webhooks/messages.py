@@ -8,7 +8,7 @@ delivery id finds its task, whether it went alone or in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -88,3 +88,43 @@ def task_id(claims: Sequence[Claim]) -> str:
     first = claims[0]
     batch = f"-b{len(claims)}" if len(claims) > 1 else ""
     return f"{first.delivery_id}-a{first.attempt}{batch}-{first.claim_token[:8]}"
+
+
+def group_claims(
+    claims: Sequence[Claim],
+    *,
+    in_flight: int,
+    slots: int,
+    most: int,
+    alone: Callable[[Claim], bool] = lambda claim: False,
+) -> list[list[Claim]]:
+    """How a round's claims go out: one task each while the workers have a free slot for
+    each (latency first), else grouped into batches of up to ``most``.
+
+    Past the free slots, the claims are spread over as many tasks as there are free slots
+    (at least enough that none carries more than ``most``), in sizes that differ by one at
+    most, so every free thread gets a share at once and the rest wait in the fewest tasks.
+
+    Args:
+        claims: the round's claims, in the order admission took them.
+        in_flight: attempts claimed and not yet recorded before this round, everywhere.
+        slots: attempts the workers take one task at a time (`Settings.worker_slots`).
+        most: the most attempts in one task (`Settings.batch_max`).
+        alone: claims that always go in a task of their own: those of an endpoint that
+            lately gave no response (a black hole would hold its batch's thread for the
+            whole deadline; alone, it holds only its own).
+    """
+    singles = [[claim] for claim in claims if alone(claim)]
+    rest = [claim for claim in claims if not alone(claim)]
+    free = max(slots - in_flight - len(singles), 0)
+    if len(rest) <= free:
+        return singles + [[claim] for claim in rest]
+    tasks = max(free, -(-len(rest) // most), 1)
+    size, larger = divmod(len(rest), tasks)
+    groups: list[list[Claim]] = []
+    start = 0
+    for i in range(tasks):
+        end = start + size + (1 if i < larger else 0)
+        groups.append(list(rest[start:end]))
+        start = end
+    return singles + groups

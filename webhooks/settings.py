@@ -224,6 +224,11 @@ class Settings:
     flower_basic_auth: str | None = None
     queue: str = "webhooks"
     dispatch_batch_size: int = 200
+    # Attempts the workers take one task at a time, all of them together (the sum of every
+    # worker's `-c`; the Procfile ships one worker with 32), and the most attempts one task
+    # carries: past the free slots, the dispatcher groups claims (`messages.group_claims`).
+    worker_slots: int = 32
+    batch_max: int = 50
     # Events a recovery looks at per batch (one short transaction each), and how many of its
     # replays may wait to be sent before the next batch is queued.
     recovery_batch_size: int = 500
@@ -302,6 +307,8 @@ class Settings:
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or None,
             queue=get("WEBHOOKS_QUEUE", "webhooks"),
             dispatch_batch_size=batch_size,
+            worker_slots=parse_count(get("WEBHOOKS_WORKER_SLOTS", "32"), "WEBHOOKS_WORKER_SLOTS"),
+            batch_max=parse_count(get("WEBHOOKS_BATCH_MAX", "50"), "WEBHOOKS_BATCH_MAX"),
             recovery_batch_size=parse_count(
                 get("WEBHOOKS_RECOVERY_BATCH", "500"), "WEBHOOKS_RECOVERY_BATCH"
             ),

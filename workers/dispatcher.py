@@ -1,14 +1,15 @@
 """The dispatcher: moves due deliveries from Postgres to the broker.
 
 Each tick claims a batch of due rows (and, once a second, reaps expired leases), commits the
-claims, and only then sends one ``webhooks.deliver`` message per claim (a message for an
-uncommitted claim could reach a worker before the claim is visible). Between ticks it waits
-on LISTEN/NOTIFY (publish, enable and replay notify at commit) or until the next scheduled
-retry falls due, whichever is first, re-checks within 50 ms while due rows wait only for
-their endpoint's cap, and polls at least every `WEBHOOKS_DISPATCH_POLL` in case a
-notification was missed. Any number of dispatchers may run: ``SKIP LOCKED`` hands each row
-to one of them, and an endpoint's claims are decided by one of them at a time (its cap holds
-across all of them).
+claims, and only then sends them as ``webhooks.deliver`` messages (a message for an
+uncommitted claim could reach a worker before the claim is visible): one claim per message
+while the workers have a free slot for each, batches of claims past that
+(`messages.group_claims`). Between ticks it waits on LISTEN/NOTIFY (publish, enable and
+replay notify at commit) or until the next scheduled retry falls due, whichever is first,
+re-checks within 50 ms while due rows wait only for their endpoint's cap, and polls at least
+every `WEBHOOKS_DISPATCH_POLL` in case a notification was missed. Any number of dispatchers
+may run: ``SKIP LOCKED`` hands each row to one of them, and an endpoint's claims are decided
+by one of them at a time (its cap holds across all of them).
 
 Recoveries are carried out here too: twice a second (at once when one is created), a tick
 first queues one batch of one running recovery, in its own short transaction
@@ -38,6 +39,7 @@ from sqlalchemy.engine import Engine
 from webhooks import clock, metrics
 from webhooks.admission import CAPACITY_RECHECK
 from webhooks.claiming import (
+    ClaimBatch,
     Reaped,
     claim_due,
     next_due_at,
@@ -49,7 +51,7 @@ from webhooks.clock_offset import CLOCK_CHECK_EVERY, warn_if_clock_offset
 from webhooks.database import create_engine, listen
 from webhooks.endpoints import drop_retired_secrets
 from webhooks.heartbeats import beat, forget, forget_stale, new_dispatcher_id
-from webhooks.messages import TASK_NAME, Claim, Trigger, task_id, task_kwargs
+from webhooks.messages import TASK_NAME, Claim, Trigger, group_claims, task_id, task_kwargs
 from webhooks.outbox import REPLAYS_QUEUED, channel
 from webhooks.recovery import RECOVERIES_CREATED, advance_recoveries
 from webhooks.sealing import plaintext_warning
@@ -170,7 +172,7 @@ class Dispatcher:
         if reaped.count:
             self._report(reaped)
         metrics.CLAIMED.inc(len(batch.claims))
-        sent = self._send(batch.claims)
+        sent = self._send(batch)
         return TickResult(reaped.count, len(batch.claims), sent, batch.waiting, next_due)
 
     def _report(self, reaped: Reaped) -> None:
@@ -198,19 +200,32 @@ class Dispatcher:
         self._last[what] = now
         return True
 
-    def _send(self, claims: list[Claim]) -> int:
+    def _send(self, batch: ClaimBatch) -> int:
+        """Send the round's claims, alone or grouped (`messages.group_claims`); give back
+        those whose message could not be sent. Returns how many claims went out."""
+        claims = batch.claims
         sent = 0
         if not claims:
             return 0
+        groups = group_claims(
+            claims,
+            in_flight=batch.in_flight,
+            slots=self.settings.worker_slots,
+            most=self.settings.batch_max,
+            alone=lambda claim: claim.endpoint_id in batch.unsteady,
+        )
+        unsent: list[Claim] = list(claims)
         try:
             with self.app.producer_or_acquire() as producer:
-                for claim in claims:
-                    send_claims(self.app, self.settings, [claim], producer)
-                    sent += 1
+                for i, group in enumerate(groups):
+                    unsent = [claim for rest in groups[i:] for claim in rest]
+                    send_claims(self.app, self.settings, group, producer)
+                    sent += len(group)
+                unsent = []
         except Exception:
-            log.exception("dispatcher.broker_error", extra={"unsent": len(claims) - sent})
+            log.exception("dispatcher.broker_error", extra={"unsent": len(unsent)})
             with self.engine.begin() as conn:
-                release_claims(conn, self.settings, claims[sent:], clock.now())
+                release_claims(conn, self.settings, unsent, clock.now())
         return sent
 
     def run(self) -> None:

@@ -54,7 +54,10 @@ def get_resources() -> WorkerResources:
                 settings=settings,
                 engine=create_engine(settings, pool_size=20, pre_ping=False),
                 sender=HttpSender(
-                    timeout=settings.timeout, allowed_networks=settings.allowed_networks
+                    timeout=settings.timeout,
+                    allowed_networks=settings.allowed_networks,
+                    # One connection for each attempt that may be on the wire at once.
+                    max_connections=ATTEMPT_THREADS + 32,
                 ),
                 attempt_pool=ThreadPoolExecutor(ATTEMPT_THREADS, thread_name_prefix="attempt"),
             )
