@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from webhooks import __version__, clock
 from webhooks.database import is_connection_error
-from webhooks.delivery import DeliveryOutcome, HttpSender
+from webhooks.delivery import DeliveryOutcome, Sender
 from webhooks.messages import Claim
 from webhooks.metrics import observe_attempt
 from webhooks.models import rfc3339
@@ -118,16 +118,14 @@ def request_headers(job: AttemptJob, timestamp: int) -> dict[str, str]:
     )
 
 
-def run_attempt(
-    engine: Engine, sender: HttpSender, settings: Settings, claim: Claim
-) -> AttemptReport:
+def run_attempt(engine: Engine, sender: Sender, settings: Settings, claim: Claim) -> AttemptReport:
     """`run_attempts` for one claim."""
     return run_attempts(engine, sender, settings, [claim])[0]
 
 
 def run_attempts(
     engine: Engine,
-    sender: HttpSender,
+    sender: Sender,
     settings: Settings,
     claims: Sequence[Claim],
     pool: Executor | None = None,
@@ -209,7 +207,7 @@ def _skipped(claim: Claim) -> AttemptReport:
     return AttemptReport(delivery_id=claim.delivery_id, attempt=None, skipped=True)
 
 
-def make_attempt(sender: HttpSender, settings: Settings, job: AttemptJob) -> MadeAttempt:
+def make_attempt(sender: Sender, settings: Settings, job: AttemptJob) -> MadeAttempt:
     """Sign and send one attempt (or refuse it: plain http while not allowed)."""
     started_at = clock.now()
     headers = request_headers(job, int(started_at.timestamp()))
