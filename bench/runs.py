@@ -427,9 +427,7 @@ def product_run(
 
     With ``blackhole``, `Config.blackholed` of the `PROJECTS` endpoints point at it.
     """
-    # The dispatcher sends claims alone while the worker has a free thread for each, in
-    # batches past that: it is told how many threads the worker runs.
-    env = make_env(WEBHOOKS_WORKER_SLOTS=str(config.concurrency))
+    env = make_env()
     out = Outcome()
     n_black = config.blackholed if blackhole is not None else 0
     urls = [

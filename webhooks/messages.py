@@ -98,8 +98,8 @@ def group_claims(
     most: int,
     alone: Callable[[Claim], bool] = lambda claim: False,
 ) -> list[list[Claim]]:
-    """How a round's claims go out: one task each while the workers have a free slot for
-    each (latency first), else grouped into batches of up to ``most``.
+    """How a round's claims go out: one task each while the attempts in flight leave a free
+    slot for each (latency first), else grouped into batches of up to ``most``.
 
     Past the free slots, the claims are spread over as many tasks as there are free slots
     (at least enough that none carries more than ``most``), in sizes that differ by one at
@@ -108,7 +108,7 @@ def group_claims(
     Args:
         claims: the round's claims, in the order admission took them.
         in_flight: attempts claimed and not yet recorded before this round, everywhere.
-        slots: attempts the workers take one task at a time (`Settings.worker_slots`).
+        slots: attempts in flight sent one task each (`Settings.worker_slots`).
         most: the most attempts in one task (`Settings.batch_max`).
         alone: claims that always go in a task of their own: those of an endpoint that
             lately gave no response (a black hole would hold its batch's thread for the

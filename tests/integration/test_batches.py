@@ -20,12 +20,12 @@ from webhooks.settings import Settings
 
 pytestmark = [pytest.mark.usefixtures("stack"), pytest.mark.slow]
 
-DEADLINE = 4.0
+DEADLINE = 8.0
 STACK_ENV = {
     "WEBHOOKS_WORKER_SLOTS": "2",
     "WEBHOOKS_BATCH_MAX": "10",
     "WEBHOOKS_TIMEOUT": f"{DEADLINE:.0f}s",
-    "WEBHOOKS_LEASE": "12s",
+    "WEBHOOKS_LEASE": "20s",
 }
 WORKER_THREADS = 8  # tests.processes starts the worker with -c 8
 
@@ -90,8 +90,8 @@ def test_a_backlog_goes_out_in_batches_whose_attempts_run_at_once(
         return rows if len(rows) == 40 and all(r.state == "succeeded" for r in rows) else None
 
     rows = wait_for(all_succeeded, timeout=30, what="every delivery of the backlog to succeed")
-    assert all(r.attempt_count == 1 for r in rows)
     stored = _attempts(engine, settings, project)
+    assert all(r.attempt_count == 1 for r in rows), [a for a in stored if a.number > 1]
     assert sorted(a.delivery_id for a in stored) == sorted(r.id for r in rows)
     assert {(a.project_id, a.mode, a.number, a.response_status) for a in stored} == {
         (project, "live", 1, 200)
