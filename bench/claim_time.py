@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from bench.common import engine_for, isolated_schema, make_env, say, spread
 from webhooks import clock
-from webhooks.claims import claim_due
+from webhooks.claiming import claim_due
 from webhooks.endpoints import add_endpoint
 from webhooks.outbox import publish
 

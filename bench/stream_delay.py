@@ -3,7 +3,7 @@ the commit that records it to the moment the SSE frame is read, with 1 and 50 cl
 connected to one `webhooks api` (real uvicorn), beside the least Postgres can do in the same
 run (a bare ``pg_notify`` read by a bare ``LISTEN`` connection).
 
-Attempts are recorded as a worker records them (`claims.record_success`, the one-statement
+Attempts are recorded as a worker records them (`recording.settle_successes`, the one-statement
 2xx path, which notifies in the same statement), paced at 20 a second; nothing is sent over
 HTTP, so the figure is the stream's own delay.
 
@@ -28,12 +28,12 @@ import sqlalchemy as sa
 
 from bench.common import BIN, engine_for, isolated_schema, make_env, percentile, spread
 from webhooks import clock
-from webhooks.claims import begin_attempt, claim_due, record_success
-from webhooks.database import driver_connection
+from webhooks.claiming import claim_due
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import add_endpoint
 from webhooks.keys import create_key
 from webhooks.outbox import publish
+from webhooks.recording import MadeAttempt, begin_attempt, settle_successes
 from webhooks.settings import Settings
 
 PROJECT = "proj_bench_stream"
@@ -104,26 +104,20 @@ def _record_one(engine: sa.Engine, settings: Settings) -> tuple[int, float]:
     with engine.begin() as conn:
         [claim] = claim_due(conn, settings, clock.now(), 1).claims
     assert claim.event_id == event_id
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
-        assert job is not None
-        outcome = DeliveryOutcome(
-            status=200, error_kind=None, error_message=None, duration=timedelta(milliseconds=1)
-        )
-        recorded = record_success(
-            conn,
-            settings,
-            job,
-            outcome=outcome,
-            started_at=clock.now(),
-            request_headers={},
-            now=clock.now(),
-        )
+    assert job is not None
+    outcome = DeliveryOutcome(
+        status=200, error_kind=None, error_message=None, duration=timedelta(milliseconds=1)
+    )
+    made = MadeAttempt(job, outcome, clock.now(), {})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        recorded = settle_successes(conn, settings, [made], clock.now())
         committed = time.time()
-        assert recorded is not None
+        assert recorded
         attempt_id = conn.execute(
-            f'SELECT max(id) FROM "{settings.db_schema}".attempts WHERE event_id = %s',
-            (event_id,),
+            sa.text(f'SELECT max(id) FROM "{settings.db_schema}".attempts WHERE event_id = :e'),
+            {"e": event_id},
         ).fetchone()
     assert attempt_id is not None
     return int(attempt_id[0]), committed

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from webhooks.messages import Trigger
 from webhooks.settings import Settings
 
 # How far apart the rows of a half-open endpoint come back while its probe is out.
@@ -58,9 +59,9 @@ class Candidate:
     replay_id: int | None = None
 
     @property
-    def trigger(self) -> str:
-        """``replay`` for a queued replay, ``scheduled`` for a due delivery."""
-        return "scheduled" if self.replay_id is None else "replay"
+    def trigger(self) -> Trigger:
+        """`Trigger.REPLAY` for a queued replay, `Trigger.SCHEDULED` for a due delivery."""
+        return Trigger.SCHEDULED if self.replay_id is None else Trigger.REPLAY
 
     @property
     def key(self) -> str:
@@ -135,8 +136,8 @@ def batch_quota(limit: int, scheduled: int, replays: int) -> dict[str, int]:
     """
     half = limit // 2
     return {
-        "scheduled": limit - min(replays, limit - half),
-        "replay": limit - min(scheduled, half),
+        Trigger.SCHEDULED: limit - min(replays, limit - half),
+        Trigger.REPLAY: limit - min(scheduled, half),
     }
 
 
@@ -161,12 +162,16 @@ def take_turns(
     last_turn = last_turn or {}
     by_endpoint: dict[str, dict[str, list[Candidate]]] = {}
     for candidate in [*scheduled, *replays]:
-        kinds = by_endpoint.setdefault(candidate.endpoint_id, {"scheduled": [], "replay": []})
+        kinds = by_endpoint.setdefault(
+            candidate.endpoint_id, {Trigger.SCHEDULED: [], Trigger.REPLAY: []}
+        )
         kinds[candidate.trigger].append(candidate)
     turns: dict[str, int] = {}
     for endpoint, kinds in by_endpoint.items():
-        first = "replay" if last_turn.get(endpoint) == "scheduled" else "scheduled"
-        second = "replay" if first == "scheduled" else "scheduled"
+        first = (
+            Trigger.REPLAY if last_turn.get(endpoint) == Trigger.SCHEDULED else Trigger.SCHEDULED
+        )
+        second = Trigger.REPLAY if first is Trigger.SCHEDULED else Trigger.SCHEDULED
         lanes = (kinds[first], kinds[second])
         turn = 0
         for i in range(max(len(lanes[0]), len(lanes[1]))):

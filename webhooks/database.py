@@ -8,7 +8,6 @@ without colliding with its tables.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,40 +77,19 @@ def _qualify(statement: str, schema: str) -> str:
     return statement.replace("{s}", f'"{schema}"')
 
 
-# `:name` binds, as `sa.text` reads them (the statements here use CAST, never `::`).
-_BIND = re.compile(r"(?<![:\w]):(\w+)")
+def listen(engine: Engine, channel: str) -> psycopg.Connection[Any]:
+    """A connection of ``engine``'s, taken out of its pool for good, listening on ``channel``.
 
-
-@functools.lru_cache(maxsize=64)
-def driver_sql(statement: str, schema: str) -> str:
-    """``statement`` for psycopg itself: the schema put in, ``:name`` as ``%(name)s``."""
-    return _BIND.sub(r"%(\1)s", _qualify(statement, schema))
-
-
-@contextmanager
-def driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
-    """A pooled psycopg connection in autocommit mode, for one-statement hot paths.
-
-    The worker's two statements per attempt run on psycopg directly: through a SQLAlchemy
-    `Connection` each cost ~270 µs of CPU against ~60 µs (measured on this design's
-    queries), and CPU is what bounds a worker process. A connection found broken is
-    invalidated together with the rest of the pool, as SQLAlchemy does when it sees a
-    disconnect, so a Postgres restart costs each caller one failed statement at most.
+    Notifications arrive on the connection that listens, so it cannot go back to a pool;
+    it is still made by the engine (same URL, same connect arguments) so there is one way
+    to the database. The caller closes it.
     """
     fairy = engine.raw_connection()
     conn = cast("psycopg.Connection[Any]", fairy.driver_connection)
-    try:
-        conn.autocommit = True
-        yield conn
-    except psycopg.Error:
-        if conn.broken or conn.closed:
-            fairy.invalidate()
-            engine.dispose(close=False)
-        raise
-    finally:
-        if not (conn.broken or conn.closed):
-            conn.autocommit = False
-        fairy.close()
+    fairy.detach()
+    conn.autocommit = True
+    conn.execute(f'LISTEN "{channel}"')
+    return conn
 
 
 def migrate(settings: Settings, revision: str = "head") -> str:

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import itertools
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
+from typing import Any, Protocol
 
 import httpcore
 import httpx
@@ -352,6 +355,46 @@ class HttpSender:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class Sender(Protocol):
+    """What makes an attempt's request: `HttpSender`, `ShardedSender`, or a test's."""
+
+    def send(self, url: str, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
+        """Send one request and say what came of it."""
+        ...
+
+
+class ShardedSender:
+    """Several `HttpSender` pools, each thread always sending through the same one.
+
+    httpcore's pool looks at every one of its connections on each request and each
+    response close, under one lock. A batch's attempts run at once and open as many
+    connections: in one pool of a few hundred, that bookkeeping was a quarter of a worker's
+    time holding the GIL (py-spy, a backlog drain). Shards keep each look short, and a
+    thread keeps reusing the keep-alive connections of its own shard.
+
+    Args:
+        shards: how many pools.
+        **options: each pool's `HttpSender` arguments (``max_connections`` is per pool).
+    """
+
+    def __init__(self, shards: int, **options: Any) -> None:
+        self._senders = [HttpSender(**options) for _ in range(max(1, shards))]
+        self._local = threading.local()
+        self._turns = itertools.count()
+
+    def send(self, url: str, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
+        """Send through this thread's pool."""
+        index: int | None = getattr(self._local, "index", None)
+        if index is None:
+            index = self._local.index = next(self._turns) % len(self._senders)
+        return self._senders[index].send(url, headers, body)
+
+    def close(self) -> None:
+        """Close every pool."""
+        for sender in self._senders:
+            sender.close()
 
 
 def _reason_phrase(response: httpcore.Response) -> str:

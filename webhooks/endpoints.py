@@ -389,7 +389,7 @@ UPDATE {s}.deliveries SET next_attempt_at = :now, updated_at = :now
 WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at > :now
 """
 # A deleted endpoint's unfinished deliveries end here. Clearing the claim token stops a
-# worker that holds a claim but has not begun its attempt (`claims.begin_attempt` checks the
+# worker that holds a claim but has not begun its attempt (`recording.begin_attempts` checks the
 # token and the state); one whose request is already out records it under `cancelled`.
 CANCEL_ENDPOINT_DELIVERIES = """
 UPDATE {s}.deliveries

@@ -29,8 +29,6 @@ from webhooks.outbox import REPLAYS_QUEUED, notify_dispatchers
 from webhooks.recovery import Recovery, RecoverySelection, count_selection, create_recovery
 from webhooks.settings import Settings
 
-REPLAY_STATUSES = DELIVERY_STATES
-
 # `queued`: replays this call added; `routed`: deliveries the event has (to that endpoint).
 # Deleted endpoints are left out: nothing more is sent to them.
 REPLAY_EVENT = """
@@ -102,10 +100,10 @@ def replay_event(
 
 def bulk_selection(conn: Connection, settings: Settings, bulk: BulkReplay) -> RecoverySelection:
     """The recovery a bulk replay is: that endpoint's project and mode, events until now."""
-    if bulk.status is not None and bulk.status not in REPLAY_STATUSES:
+    if bulk.status is not None and bulk.status not in DELIVERY_STATES:
         raise InvalidArgument(
             f"--status {bulk.status!r} is not a delivery state; use one of "
-            + ", ".join(REPLAY_STATUSES)
+            + ", ".join(DELIVERY_STATES)
         )
     endpoint = get_endpoint(conn, settings, bulk.endpoint_id)
     return RecoverySelection(

@@ -1,14 +1,15 @@
 """The dispatcher: moves due deliveries from Postgres to the broker.
 
 Each tick claims a batch of due rows (and, once a second, reaps expired leases), commits the
-claims, and only then sends one ``webhooks.deliver`` message per claim (a message for an
-uncommitted claim could reach a worker before the claim is visible). Between ticks it waits
-on LISTEN/NOTIFY (publish, enable and replay notify at commit) or until the next scheduled
-retry falls due, whichever is first, re-checks within 50 ms while due rows wait only for
-their endpoint's cap, and polls at least every `WEBHOOKS_DISPATCH_POLL` in case a
-notification was missed. Any number of dispatchers may run: ``SKIP LOCKED`` hands each row
-to one of them, and an endpoint's claims are decided by one of them at a time (its cap holds
-across all of them).
+claims, and only then sends them as ``webhooks.deliver`` messages (a message for an
+uncommitted claim could reach a worker before the claim is visible): one claim per message
+while the workers have a free slot for each, batches of claims past that
+(`messages.group_claims`). Between ticks it waits on LISTEN/NOTIFY (publish, enable and
+replay notify at commit) or until the next scheduled retry falls due, whichever is first,
+re-checks within 50 ms while due rows wait only for their endpoint's cap, and polls at least
+every `WEBHOOKS_DISPATCH_POLL` in case a notification was missed. Any number of dispatchers
+may run: ``SKIP LOCKED`` hands each row to one of them, and an endpoint's claims are decided
+by one of them at a time (its cap holds across all of them).
 
 Recoveries are carried out here too: twice a second (at once when one is created), a tick
 first queues one batch of one running recovery, in its own short transaction
@@ -24,6 +25,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
@@ -36,8 +38,8 @@ from sqlalchemy.engine import Engine
 
 from webhooks import clock, metrics
 from webhooks.admission import CAPACITY_RECHECK
-from webhooks.claims import (
-    Claim,
+from webhooks.claiming import (
+    ClaimBatch,
     Reaped,
     claim_due,
     next_due_at,
@@ -46,10 +48,11 @@ from webhooks.claims import (
     release_held,
 )
 from webhooks.clock_offset import CLOCK_CHECK_EVERY, warn_if_clock_offset
-from webhooks.database import create_engine
+from webhooks.database import create_engine, listen
 from webhooks.endpoints import drop_retired_secrets
 from webhooks.expansion import Expander
 from webhooks.heartbeats import beat, forget, forget_stale, new_dispatcher_id
+from webhooks.messages import TASK_NAME, Claim, Trigger, group_claims, task_id, task_kwargs
 from webhooks.outbox import REPLAYS_QUEUED, channel
 from webhooks.recovery import RECOVERIES_CREATED, advance_recoveries
 from webhooks.sealing import plaintext_warning
@@ -91,30 +94,19 @@ class TickResult:
     next_due: datetime | None = None
 
 
-def task_id(claim: Claim) -> str:
-    """A readable Celery task id: findable in Flower by delivery id and attempt."""
-    return f"{claim.delivery_id}-a{claim.attempt}-{claim.claim_token[:8]}"
-
-
-def send_claim(app: Celery, settings: Settings, claim: Claim, producer: Any) -> None:
-    """Publish the ``webhooks.deliver`` message of one claim."""
-    kwargs = {
-        "delivery_id": claim.delivery_id,
-        "event_id": claim.event_id,
-        "endpoint_id": claim.endpoint_id,
-        "attempt": claim.attempt,
-        "claim_token": claim.claim_token,
-        "trigger": claim.trigger,
-    }
+def send_claims(app: Celery, settings: Settings, claims: Sequence[Claim], producer: Any) -> None:
+    """Publish one ``webhooks.deliver`` message carrying ``claims`` (one, or a batch)."""
+    kwargs = task_kwargs(claims)
     app.send_task(
-        "webhooks.deliver",
+        TASK_NAME,
         kwargs=kwargs,
         queue=settings.queue,
-        task_id=task_id(claim),
+        task_id=task_id(claims),
         producer=producer,
         # What Flower shows as the arguments. Celery would build the same text with its
-        # length-capped `saferepr`, a visible share of the dispatcher's time per message;
-        # these values are short ids and numbers, so plain repr is exact and cheap.
+        # length-capped `saferepr`, a visible share of the dispatcher's time per message, and
+        # would cut a batch's list short; these values are short ids and numbers, so plain
+        # repr is exact and cheap.
         argsrepr="()",
         kwargsrepr=repr(kwargs),
     )
@@ -140,7 +132,7 @@ class Dispatcher:
         self._last: dict[str, float] = {}
         self._replays_queued = False
         self._recoveries_due = True
-        self._last_turn: dict[str, str] = {}
+        self._last_turn: dict[str, Trigger] = {}
         self._expander = Expander(self.engine, settings)
         self._expansion_left = False
 
@@ -188,7 +180,7 @@ class Dispatcher:
         if reaped.count:
             self._report(reaped)
         metrics.CLAIMED.inc(len(batch.claims))
-        sent = self._send(batch.claims)
+        sent = self._send(batch)
         return TickResult(reaped.count, len(batch.claims), sent, batch.waiting, next_due)
 
     def _report(self, reaped: Reaped) -> None:
@@ -216,19 +208,32 @@ class Dispatcher:
         self._last[what] = now
         return True
 
-    def _send(self, claims: list[Claim]) -> int:
+    def _send(self, batch: ClaimBatch) -> int:
+        """Send the round's claims, alone or grouped (`messages.group_claims`); give back
+        those whose message could not be sent. Returns how many claims went out."""
+        claims = batch.claims
         sent = 0
         if not claims:
             return 0
+        groups = group_claims(
+            claims,
+            in_flight=batch.in_flight,
+            slots=self.settings.worker_slots,
+            most=self.settings.batch_max,
+            alone=lambda claim: claim.endpoint_id in batch.unsteady,
+        )
+        unsent: list[Claim] = list(claims)
         try:
             with self.app.producer_or_acquire() as producer:
-                for claim in claims:
-                    send_claim(self.app, self.settings, claim, producer)
-                    sent += 1
+                for i, group in enumerate(groups):
+                    unsent = [claim for rest in groups[i:] for claim in rest]
+                    send_claims(self.app, self.settings, group, producer)
+                    sent += len(group)
+                unsent = []
         except Exception:
-            log.exception("dispatcher.broker_error", extra={"unsent": len(claims) - sent})
+            log.exception("dispatcher.broker_error", extra={"unsent": len(unsent)})
             with self.engine.begin() as conn:
-                release_claims(conn, self.settings, claims[sent:], clock.now())
+                release_claims(conn, self.settings, unsent, clock.now())
         return sent
 
     def run(self) -> None:
@@ -314,10 +319,7 @@ class Dispatcher:
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
-            url = sa.make_url(self.settings.database_url).set(drivername="postgresql")
-            conninfo = url.render_as_string(hide_password=False)
-            self._listener = psycopg.connect(conninfo, autocommit=True)
-            self._listener.execute(f'LISTEN "{channel(self.settings)}"')
+            self._listener = listen(self.engine, channel(self.settings))
         return self._listener
 
     def _close_listener(self) -> None:

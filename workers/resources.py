@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
 from webhooks.database import create_engine
-from webhooks.delivery import HttpSender
+from webhooks.delivery import ShardedSender
 from webhooks.settings import Settings
+
+# Threads that make a batch's attempts at once (`attempts.run_attempts`). They wait on
+# sockets; each black-holed endpoint holds one for its deadline, and the per-endpoint cap
+# bounds how many such attempts are in flight, so this many leave room for the rest.
+ATTEMPT_THREADS = 256
+# HTTP connection pools the attempt threads (and the pool's own threads) are spread over
+# (`delivery.ShardedSender`).
+SENDER_SHARDS = 8
 
 
 @dataclass(frozen=True)
@@ -24,10 +33,12 @@ class WorkerResources:
 
     settings: Settings
     engine: Engine
-    sender: HttpSender
+    sender: ShardedSender
+    attempt_pool: ThreadPoolExecutor
 
     def close(self) -> None:
-        """Close the HTTP connections and the database pool."""
+        """Close the attempt threads, the HTTP connections and the database pool."""
+        self.attempt_pool.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
         self.engine.dispose()
 
@@ -45,9 +56,14 @@ def get_resources() -> WorkerResources:
             _resources = WorkerResources(
                 settings=settings,
                 engine=create_engine(settings, pool_size=20, pre_ping=False),
-                sender=HttpSender(
-                    timeout=settings.timeout, allowed_networks=settings.allowed_networks
+                sender=ShardedSender(
+                    SENDER_SHARDS,
+                    timeout=settings.timeout,
+                    allowed_networks=settings.allowed_networks,
+                    # A connection for each attempt that may be on the wire at once.
+                    max_connections=(ATTEMPT_THREADS + 32) // SENDER_SHARDS + 1,
                 ),
+                attempt_pool=ThreadPoolExecutor(ATTEMPT_THREADS, thread_name_prefix="attempt"),
             )
         return _resources
 

@@ -1,8 +1,10 @@
-"""The one task: ``webhooks.deliver``, one attempt of one delivery.
+"""The one task: ``webhooks.deliver``, one attempt or a batch of them.
 
-Its arguments are ids only (delivery, event, endpoint, attempt number, claim token), so Flower
-shows which delivery it is and never a payload or a secret. Its result is the outcome:
-status or error kind, and duration.
+Its arguments are ids only (per attempt: delivery, event, endpoint, attempt number, claim
+token, trigger; `webhooks.messages`), so Flower shows which deliveries it carries and never a
+payload or a secret. Its result is the outcome: for one attempt, status or error kind,
+duration and the state it left; for a batch, per attempt in order, ``"<status or error kind>
+<duration>ms"``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Any
 from celery.signals import after_setup_logger, worker_process_init, worker_ready, worker_shutdown
 
 from webhooks import metrics
-from webhooks.attempts import run_attempt
-from webhooks.claims import Claim
+from webhooks.attempts import run_attempts
 from webhooks.json_logs import JsonFormatter
 from webhooks.logs import KeyValueFormatter, quiet_libraries
+from webhooks.messages import TASK_NAME, claims_from_kwargs
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
 from workers.app import app
@@ -28,31 +30,25 @@ log = logging.getLogger("webhooks.worker")
 _clock_watch = ClockWatch()
 
 
-@app.task(name="webhooks.deliver", acks_late=True)
-def deliver(
-    *,
-    delivery_id: str,
-    event_id: str,
-    endpoint_id: str,
-    attempt: int,
-    claim_token: str,
-    trigger: str = "scheduled",
-) -> dict[str, Any]:
-    """Make one attempt of a claimed delivery and record it.
+# A batch's result is one short string per attempt (`AttemptReport.brief`, under 24
+# characters): 50 of them fit in Celery's representation of a result for events and Flower.
+RESULT_REPR_MAXSIZE = 2048
+
+
+@app.task(name=TASK_NAME, acks_late=True, resultrepr_maxsize=RESULT_REPR_MAXSIZE)
+def deliver(**message: Any) -> dict[str, Any]:
+    """Make the attempts of claimed deliveries and record them.
 
     Never retried by Celery: Postgres holds the schedule (SPEC, "Moving parts").
     """
     resources = get_resources()
-    claim = Claim(
-        delivery_id=delivery_id,
-        event_id=event_id,
-        endpoint_id=endpoint_id,
-        attempt=attempt,
-        claim_token=claim_token,
-        trigger=trigger,
+    claims = claims_from_kwargs(message)
+    reports = run_attempts(
+        resources.engine, resources.sender, resources.settings, claims, resources.attempt_pool
     )
-    report = run_attempt(resources.engine, resources.sender, resources.settings, claim)
-    return report.to_json()
+    if len(reports) == 1:
+        return reports[0].to_json()
+    return {"attempts": [report.brief() for report in reports]}
 
 
 @worker_process_init.connect

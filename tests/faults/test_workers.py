@@ -14,6 +14,9 @@ from tests.support.polling import wait_for
 
 EVENTS = 150
 CONCURRENCY = 8
+# One attempt per task, so that the worker's threads bound what a kill can catch in flight
+# (batches, and their bound, are tests/faults/test_batches.py).
+SINGLES = {"WEBHOOKS_WORKER_SLOTS": "100000"}
 
 
 @pytest.mark.faults
@@ -22,7 +25,7 @@ def test_deliveries_in_flight_in_a_killed_worker_are_sent_again_after_one_lease(
     deploy: MakeDeployment, record_figure: Callable[[str, object], None]
 ) -> None:
     started = time.monotonic()
-    d = deploy()
+    d = deploy(**SINGLES)
     worker = d.stack.start_worker(concurrency=CONCURRENCY)
     d.stack.start_dispatcher()
     # A slow endpoint (0.3 s) keeps the worker's threads waiting on responses when it dies.
@@ -60,7 +63,7 @@ def test_a_200_that_arrives_after_the_worker_died_is_sent_again_with_the_same_we
     started = time.monotonic()
     # A longer deadline than the other tests: the held requests must still be waiting on
     # their response (not timed out) when the worker dies, even on a loaded machine.
-    d = deploy(WEBHOOKS_TIMEOUT="4s", WEBHOOKS_LEASE="6s")
+    d = deploy(WEBHOOKS_TIMEOUT="4s", WEBHOOKS_LEASE="6s", **SINGLES)
     worker = d.stack.start_worker(concurrency=CONCURRENCY)
     d.stack.start_dispatcher()
     publish_workload(d, EVENTS, delay=0.05)

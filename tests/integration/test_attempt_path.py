@@ -1,7 +1,8 @@
 """The worker's hot path against a real Postgres and a real receiver: a fresh claim is read
-without a write, a short lease is renewed before anything is sent, a 2xx is recorded in one
-statement (closing the endpoint's breaker), and a claim that moved on meanwhile falls back
-to the locked path without losing the attempt."""
+without a write, a short lease is renewed before anything is sent, the 2xx of a healthy
+endpoint are settled in one statement, a 2xx that has health to restore closes the endpoint's
+breaker on the locked path, and a claim that moved on meanwhile falls back to the locked path
+without losing the attempt."""
 
 from __future__ import annotations
 
@@ -23,9 +24,15 @@ from tests.support.deliveries import (
 from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.attempts import run_attempt
-from webhooks.claims import Claim, begin_attempt, record_success, renew_below
-from webhooks.database import driver_connection
 from webhooks.delivery import DeliveryOutcome, HttpSender
+from webhooks.messages import Claim
+from webhooks.recording import (
+    AttemptJob,
+    MadeAttempt,
+    begin_attempt,
+    renew_below,
+    settle_successes,
+)
 from webhooks.settings import Settings
 
 
@@ -61,7 +68,7 @@ def test_a_fresh_claim_is_read_without_a_write(
     _, claim = _claim_one(engine, settings, receiver.url("/fresh"), project)
     before = _row(engine, settings, claim.delivery_id)
 
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
 
     assert job is not None
@@ -80,7 +87,7 @@ def test_a_claim_that_waited_long_in_the_queue_renews_its_lease_first(
     short = now + renew_below(settings) - timedelta(seconds=1)
     _set(engine, settings, "deliveries", claim.delivery_id, lease_expires_at=short)
 
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, now)
 
     assert job is not None
@@ -93,83 +100,95 @@ def test_a_stale_claim_is_not_attempted(
     _, claim = _claim_one(engine, settings, receiver.url("/stale"), project)
     other = Claim(**{**claim.__dict__, "claim_token": "00000000-0000-0000-0000-000000000000"})
 
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         assert begin_attempt(conn, settings, other, clock.now()) is None
 
 
-def test_a_success_is_recorded_once_and_closes_the_endpoint_breaker(
+def _success(job: AttemptJob, now: Any, event_id: str) -> MadeAttempt:
+    outcome = DeliveryOutcome(
+        status=200, error_kind=None, error_message=None, duration=timedelta(milliseconds=7)
+    )
+    return MadeAttempt(job, outcome, now, {"webhook-id": event_id})
+
+
+def test_the_successes_of_a_batch_settle_in_one_statement_once(
     engine: Engine, settings: Settings, receiver: Receiver, project: str
 ) -> None:
-    event_id, claim = _claim_one(engine, settings, receiver.url("/ok"), project)
+    # Two projects, one endpoint each: each event has one delivery.
+    claimed = [
+        _claim_one(engine, settings, receiver.url("/ok"), f"{project}_{i}") for i in range(2)
+    ]
     now = clock.now()
+    made = []
+    with engine.begin() as conn:
+        for event_id, claim in claimed:
+            job = begin_attempt(conn, settings, claim, now)
+            assert job is not None
+            made.append(_success(job, now, event_id))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        recorded = settle_successes(conn, settings, made, now)
+        # The claims are spent: a second try (a retried message) writes nothing.
+        again = settle_successes(conn, settings, made, now)
+
+    assert {token: (r.number, r.state) for token, r in recorded.items()} == {
+        claim.claim_token: (1, "succeeded") for _, claim in claimed
+    }
+    assert again == {}
+    for event_id, _ in claimed:
+        [delivery] = deliveries(engine, settings, event_id)
+        assert (delivery.state, delivery.attempt_count) == ("succeeded", 1)
+        assert [
+            (a.number, a.response_status, a.trigger, a.duration_ms) for a in delivery.attempts
+        ] == [(1, 200, "scheduled", 7)]
+
+
+@pytest.mark.parametrize(
+    "health",
+    [
+        {"failing_since": "now", "failures_in_row": 5},
+        {
+            "consecutive_failures": 3,
+            "breaker_open_until": "past",
+            "failures_in_row": 3,
+            "failing_reason": "timeout",
+        },
+    ],
+    ids=["failing", "breaker"],
+)
+def test_a_success_with_endpoint_health_to_restore_takes_the_locked_path(
+    engine: Engine, settings: Settings, receiver: Receiver, project: str, health: dict[str, Any]
+) -> None:
+    event_id, claim = _claim_one(engine, settings, receiver.url("/heal"), project)
+    now = clock.now()
+    when = {"now": now, "past": now - timedelta(seconds=1)}
     _set(
         engine,
         settings,
         "endpoints",
         claim.endpoint_id,
-        consecutive_failures=3,
-        breaker_open_until=now - timedelta(seconds=1),
-        failures_in_row=3,
-        failing_reason="timeout",
+        **{column: when.get(value, value) for column, value in health.items()},
     )
-    outcome = DeliveryOutcome(
-        status=200, error_kind=None, error_message=None, duration=timedelta(milliseconds=7)
-    )
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, now)
-        assert job is not None
-        fields: dict[str, Any] = {
-            "outcome": outcome,
-            "started_at": now,
-            "request_headers": {"webhook-id": event_id},
-            "now": now,
-        }
-        recorded = record_success(conn, settings, job, **fields)
-        # The claim is spent: a second try (a retried message) writes nothing.
-        again = record_success(conn, settings, job, **fields)
+    assert job is not None
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        assert settle_successes(conn, settings, [_success(job, now, event_id)], now) == {}
+    assert deliveries(engine, settings, event_id)[0].attempt_count == 0  # nothing written
 
-    assert recorded is not None and (recorded.number, recorded.state) == (1, "succeeded")
-    assert again is None
-    [delivery] = deliveries(engine, settings, event_id)
-    assert (delivery.state, delivery.attempt_count) == ("succeeded", 1)
-    assert [(a.number, a.response_status, a.trigger, a.duration_ms) for a in delivery.attempts] == [
-        (1, 200, "scheduled", 7)
-    ]
+    with HttpSender(allowed_networks=settings.allowed_networks) as sender:
+        report = run_attempt(engine, sender, settings, claim)
+
+    assert (report.status, report.state, report.attempt) == (200, "succeeded", 1)
     with engine.connect() as conn:
         endpoint = conn.execute(
             sa.text(
                 "SELECT consecutive_failures, breaker_open_until, failures_in_row, "
-                f'failing_reason FROM "{settings.db_schema}".endpoints WHERE id = :id'
+                f'failing_reason, failing_since FROM "{settings.db_schema}".endpoints '
+                "WHERE id = :id"
             ),
             {"id": claim.endpoint_id},
         ).one()
-    assert tuple(endpoint) == (0, None, 0, None)
-
-
-def test_a_success_on_a_failing_endpoint_takes_the_locked_path_to_announce_its_recovery(
-    engine: Engine, settings: Settings, receiver: Receiver, project: str
-) -> None:
-    event_id, claim = _claim_one(engine, settings, receiver.url("/ok"), project)
-    now = clock.now()
-    _set(engine, settings, "endpoints", claim.endpoint_id, failing_since=now, failures_in_row=5)
-    outcome = DeliveryOutcome(
-        status=200, error_kind=None, error_message=None, duration=timedelta(milliseconds=7)
-    )
-    with driver_connection(engine) as conn:
-        job = begin_attempt(conn, settings, claim, now)
-        assert job is not None
-        recorded = record_success(
-            conn,
-            settings,
-            job,
-            outcome=outcome,
-            started_at=now,
-            request_headers={},
-            now=now,
-        )
-
-    assert recorded is None  # nothing written: the locked path records it
-    assert deliveries(engine, settings, event_id)[0].attempt_count == 0
+    assert tuple(endpoint) == (0, None, 0, None, None)
 
 
 class SupersedingSender:

@@ -22,17 +22,13 @@ from tests.support.deliveries import (
     publish_expanded,
 )
 from webhooks import clock
-from webhooks.claims import (
-    Claim,
-    RecordedAttempt,
-    begin_attempt,
-    record_attempt,
-    release_held,
-)
-from webhooks.database import driver_connection, sql
+from webhooks.claiming import release_held
+from webhooks.database import sql
 from webhooks.delivery import DeliveryOutcome
 from webhooks.endpoints import delete_endpoint, get_endpoint, update_endpoint
 from webhooks.errors import EndpointDeleted
+from webhooks.messages import Claim
+from webhooks.recording import RecordedAttempt, begin_attempt, record_attempt
 from webhooks.replay import replay_event
 from webhooks.settings import Settings
 
@@ -52,7 +48,7 @@ def _attempt(
     engine: Engine, settings: Settings, claim: Claim, outcome: DeliveryOutcome
 ) -> RecordedAttempt:
     """Begin the attempt under ``claim`` and record ``outcome``, as a worker would."""
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None
     with engine.begin() as conn:
@@ -77,7 +73,7 @@ def test_a_claim_taken_before_a_delete_sends_nothing(
     with engine.begin() as conn:
         delete_endpoint(conn, settings, endpoint_id)
 
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         assert begin_attempt(conn, settings, claim, clock.now()) is None
         # A message that waited long renews its lease first: that path refuses too.
         late = clock.now() + settings.lease
@@ -115,7 +111,7 @@ def test_a_request_on_the_wire_at_the_delete_is_recorded_and_the_delivery_stays_
         with engine.begin() as conn:
             replay_event(conn, settings, event_id)
     [claim] = [c for c in claims_now(engine, settings, event_id) if c.trigger == trigger]
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None  # the request goes out now...
 
@@ -159,7 +155,7 @@ def test_a_replay_queued_against_a_delete_is_closed_not_sent(
     [claim] = claims_now(engine, settings, event_id)
     assert claim.trigger == "replay"
 
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         assert begin_attempt(conn, settings, claim, clock.now()) is None
 
     [row] = execute_sql(
@@ -235,7 +231,7 @@ def test_a_new_url_makes_waiting_retries_due_now_and_keeps_mode_and_project(
     assert delivery.state == "pending"
     assert delivery.next_attempt_at is not None and delivery.next_attempt_at <= clock.now()
     [claim] = claims_now(engine, settings, event_id)
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None and job.url == "http://127.0.0.1:9/fixed"
 

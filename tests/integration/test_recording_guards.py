@@ -28,16 +28,11 @@ from tests.support.processes import BIN, Stack
 from tests.support.receivers import Receiver
 from webhooks import clock
 from webhooks.attempts import run_attempt
-from webhooks.claims import (
-    begin_attempt,
-    claim_due,
-    reap_expired_leases,
-    record_attempt,
-    release_held,
-)
-from webhooks.database import driver_connection, sql
+from webhooks.claiming import claim_due, reap_expired_leases, release_held
+from webhooks.database import sql
 from webhooks.delivery import HttpSender
 from webhooks.endpoints import disable_endpoint, set_rate_limit
+from webhooks.recording import begin_attempt, record_attempt
 from webhooks.settings import Settings
 
 
@@ -66,7 +61,7 @@ def test_an_attempt_whose_response_cannot_be_interpreted_is_stored_and_scheduled
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("interpreting exploded")
 
-    monkeypatch.setattr("webhooks.claims.parse_retry_after", explode)
+    monkeypatch.setattr("webhooks.recording.parse_retry_after", explode)
     with HttpSender(timeout=settings.timeout, allowed_networks=settings.allowed_networks) as sender:
         report = run_attempt(engine, sender, settings, claim)
         again = run_attempt(engine, sender, settings, claim)  # the same message, redelivered
@@ -90,7 +85,7 @@ def test_a_result_written_twice_under_one_claim_is_stored_once(
     new_endpoint(engine, settings, receiver.url(path), project)
     event_id = publish_expanded(engine, settings, project)
     claim = claim_now(engine, settings, event_id)
-    with driver_connection(engine) as conn:
+    with engine.begin() as conn:
         job = begin_attempt(conn, settings, claim, clock.now())
     assert job is not None
     with HttpSender(timeout=settings.timeout, allowed_networks=settings.allowed_networks) as sender:

@@ -8,11 +8,12 @@ from sqlalchemy.engine import Engine
 
 from tests.support.polling import wait_for
 from webhooks import clock
-from webhooks.claims import Claim, claim_due
+from webhooks.claiming import claim_due
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
 from webhooks.expansion import Expanded, Expander, expand_events
 from webhooks.history import get_deliveries, list_attempts
+from webhooks.messages import Claim
 from webhooks.models import Attempt, Delivery
 from webhooks.outbox import publish
 from webhooks.settings import Settings

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 
-from webhooks.claims import AttemptJob, Claim
 from webhooks.display import (
     escape_controls,
     escape_controls_in_json,
@@ -20,6 +19,8 @@ from webhooks.display import (
 )
 from webhooks.json_logs import JsonFormatter
 from webhooks.logs import TEXT_FORMAT, KeyValueFormatter
+from webhooks.messages import Claim
+from webhooks.recording import AttemptJob
 from webhooks.settings import Settings
 
 
