@@ -237,7 +237,7 @@ def publish(
         type: the event type, e.g. ``deployment.succeeded``.
         data: a JSON object; the envelope must stay under 262,144 bytes.
         idempotency_key: optional; unique per project and mode.
-        settings: defaults to `Settings.from_env()` (only the schema name is used).
+        settings: defaults to `Settings.current()` (only the schema name is used).
         mode: ``"live"`` (default) or ``"test"`` (the sandbox: reaches only test endpoints,
             and the envelope says ``"mode": "test"``).
 
@@ -251,7 +251,7 @@ def publish(
     """
     result = publish_event(
         session,
-        settings or Settings.from_env(),
+        settings or Settings.current(),
         project_id=project_id,
         type=type,
         data=data,

@@ -1,11 +1,14 @@
 """Settings, read once from the environment (12-factor) into one frozen value.
 
-Entry points (the CLI, the Celery app, the dispatcher) call `Settings.from_env()` once and pass
-the result down; nothing reads the environment at import time.
+Entry points (the CLI, the dispatcher, the API) call `Settings.from_env()` once and pass the
+result down; code without an entry point of its own (`publish()` without ``settings=``, the
+Celery worker's app, signal handlers and resources) shares `Settings.current()`, read once per
+process. Nothing reads the environment at import time.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -269,6 +272,16 @@ class Settings:
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @classmethod
+    def current(cls) -> Settings:
+        """This process's settings: read from ``os.environ`` once, and again only if the
+        environment changed (so a long-lived process validates them once, not per call).
+
+        For code without an entry point of its own to pass settings down: `publish()`
+        without ``settings=``, the Celery worker's signal handlers and resources.
+        """
+        return _settings_of(tuple(sorted(os.environ.items())))
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables (``os.environ`` by default)."""
         env = os.environ if environ is None else environ
@@ -356,3 +369,8 @@ class Settings:
             ),
             public_url=parse_public_url(env.get("WEBHOOKS_PUBLIC_URL", "")),
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _settings_of(environment: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings.from_env(dict(environment))

@@ -68,7 +68,7 @@ def _config_from_env() -> dict[str, Any]:
     # Read when a worker (or any `celery -A workers` command) starts: an invalid setting
     # stops it there with one line, instead of a traceback, or a failure in every task.
     try:
-        settings = Settings.from_env()
+        settings = Settings.current()
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -52,7 +52,7 @@ def get_resources() -> WorkerResources:
     global _resources
     with _lock:
         if _resources is None:
-            settings = Settings.from_env()
+            settings = Settings.current()
             _resources = WorkerResources(
                 settings=settings,
                 engine=create_engine(settings, pool_size=20, pre_ping=False),

@@ -81,7 +81,7 @@ def _close_on_shutdown(**_: Any) -> None:
 def _log_ids(logger: logging.Logger, **_: Any) -> None:
     # Celery's formatter drops `extra`; ours appends the ids (delivery_id=… attempt=…), or
     # writes JSON lines with WEBHOOKS_LOG_FORMAT=json.
-    json_format = Settings.from_env().log_format == "json"
+    json_format = Settings.current().log_format == "json"
     for handler in logger.handlers:
         fmt = handler.formatter._fmt if handler.formatter else None
         handler.setFormatter(JsonFormatter() if json_format else KeyValueFormatter(fmt))

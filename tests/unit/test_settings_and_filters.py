@@ -128,3 +128,13 @@ def test_the_public_api_is_pinned() -> None:
     }
     assert issubclass(webhooks.PayloadTooLarge, ValueError)
     assert issubclass(webhooks.PayloadTooLarge, webhooks.WebhookError)
+
+
+def test_current_settings_are_read_once_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOKS_TIMEOUT", "7s")
+    first = Settings.current()
+    assert Settings.current() is first  # not read and validated again on every call
+    assert first.timeout == timedelta(seconds=7)
+    monkeypatch.setenv("WEBHOOKS_TIMEOUT", "8s")
+    changed = Settings.current()
+    assert changed is not first and changed.timeout == timedelta(seconds=8)
