@@ -64,6 +64,50 @@ ENDPOINT_COLUMNS = _COLUMNS = (
     "rate_limit, failing_since, failing_reason, description, deleted_at"
 )
 
+# The statements, named; `{s}` is the schema (`database.sql`). Every one that changes an
+# endpoint refuses a deleted one (the caller then says why, `_missing`).
+INSERT_ENDPOINT = f"""
+INSERT INTO {{s}}.endpoints (id, project_id, mode, url, secrets, event_types, enabled,
+    created_at, updated_at)
+VALUES (:id, :project_id, :mode, :url, CAST(:secrets AS jsonb), :event_types, true, :now, :now)
+RETURNING {_COLUMNS}"""
+SELECT_ENDPOINT = f"SELECT {_COLUMNS} FROM {{s}}.endpoints WHERE id = :id"
+SELECT_SECRETS = "SELECT secrets FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL"
+LIST_ENDPOINTS = f"""
+SELECT {_COLUMNS} FROM {{s}}.endpoints WHERE deleted_at IS NULL
+  AND (CAST(:project_id AS text) IS NULL OR project_id = :project_id)
+  AND (CAST(:mode AS text) IS NULL OR mode = :mode)
+ORDER BY created_at, id"""
+DISABLE_ENDPOINT = f"""
+UPDATE {{s}}.endpoints SET enabled = false, disabled_reason = :reason, updated_at = :now
+WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}"""
+ENABLE_ENDPOINT = f"""
+UPDATE {{s}}.endpoints SET enabled = true, disabled_reason = NULL, updated_at = :now
+WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}"""
+# Held deliveries leave the due index (next_attempt_at NULL); released, they are due at once.
+HOLD_PENDING = """
+UPDATE {s}.deliveries SET next_attempt_at = NULL, updated_at = :now
+WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at IS NOT NULL"""
+RELEASE_HELD = """
+UPDATE {s}.deliveries SET next_attempt_at = :now, updated_at = :now
+WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at IS NULL"""
+# `assignments` is built from `_UPDATABLE` column names only, never from input.
+UPDATE_ENDPOINT = (
+    "UPDATE {{s}}.endpoints SET {assignments}, updated_at = :now WHERE id = :id RETURNING "
+    + _COLUMNS
+)
+DELETE_ENDPOINT = f"""
+UPDATE {{s}}.endpoints SET deleted_at = :now, updated_at = :now
+WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}"""
+SET_RATE_LIMIT = f"""
+UPDATE {{s}}.endpoints SET rate_limit = :rate, updated_at = :now
+WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}"""
+STORE_NEW_SECRET = f"""
+UPDATE {{s}}.endpoints SET secrets = CAST(:secrets AS jsonb), updated_at = :now
+WHERE id = :id RETURNING {_COLUMNS}"""
+# `column` is a constant of this module's callers, never input.
+LOCK_LIVE = "SELECT {column} FROM {{s}}.endpoints WHERE id = :id AND deleted_at IS NULL FOR UPDATE"
+
 
 def validate_url(url: str, settings: Settings) -> str:
     """Return ``url`` if deliveries may be sent to it, else raise `InvalidEndpointURL`.
@@ -240,12 +284,7 @@ def add_endpoint(
     secret = generate_secret()
     now = clock.now()
     row = conn.execute(
-        sql(
-            "INSERT INTO {s}.endpoints (id, project_id, mode, url, secrets, event_types, "
-            "enabled, created_at, updated_at) VALUES (:id, :project_id, :mode, :url, "
-            f"CAST(:secrets AS jsonb), :event_types, true, :now, :now) RETURNING {_COLUMNS}",
-            settings.db_schema,
-        ),
+        sql(INSERT_ENDPOINT, settings.db_schema),
         {
             "id": new_id("ep"),
             "project_id": project_id,
@@ -272,7 +311,7 @@ def get_endpoint(
             it or send to it needs.
     """
     row = conn.execute(
-        sql(f"SELECT {_COLUMNS} FROM {{s}}.endpoints WHERE id = :id", settings.db_schema),
+        sql(SELECT_ENDPOINT, settings.db_schema),
         {"id": endpoint_id},
     ).one_or_none()
     if row is None:
@@ -292,10 +331,7 @@ def signing_secrets(
         EndpointDeleted: it was deleted; nothing more is sent to it.
     """
     stored = conn.execute(
-        sql(
-            "SELECT secrets FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL",
-            settings.db_schema,
-        ),
+        sql(SELECT_SECRETS, settings.db_schema),
         {"id": endpoint_id},
     ).scalar_one_or_none()
     if stored is None:
@@ -312,13 +348,7 @@ def list_endpoints(
 ) -> list[Endpoint]:
     """Return every endpoint not deleted, or those of one project and/or mode, oldest first."""
     rows = conn.execute(
-        sql(
-            f"SELECT {_COLUMNS} FROM {{s}}.endpoints WHERE deleted_at IS NULL "
-            "AND (CAST(:project_id AS text) IS NULL OR project_id = :project_id) "
-            "AND (CAST(:mode AS text) IS NULL OR mode = :mode) "
-            "ORDER BY created_at, id",
-            settings.db_schema,
-        ),
+        sql(LIST_ENDPOINTS, settings.db_schema),
         {"project_id": project_id, "mode": validate_optional_mode(mode)},
     )
     return [endpoint_from_row(r) for r in rows]
@@ -330,11 +360,7 @@ def disable_endpoint(
     """Stop delivering to an endpoint. Its deliveries are held, not dropped."""
     now = clock.now()
     row = conn.execute(
-        sql(
-            "UPDATE {s}.endpoints SET enabled = false, disabled_reason = :reason, "
-            f"updated_at = :now WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
-            settings.db_schema,
-        ),
+        sql(DISABLE_ENDPOINT, settings.db_schema),
         {"id": endpoint_id, "reason": reason or "disabled by an operator", "now": now},
     ).one_or_none()
     if row is None:
@@ -343,11 +369,7 @@ def disable_endpoint(
     # costs the dispatcher nothing. The claim query also checks `enabled`, which covers a
     # worker that reschedules a delivery of this endpoint right now.
     conn.execute(
-        sql(
-            "UPDATE {s}.deliveries SET next_attempt_at = NULL, updated_at = :now "
-            "WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at IS NOT NULL",
-            settings.db_schema,
-        ),
+        sql(HOLD_PENDING, settings.db_schema),
         {"id": endpoint_id, "now": now},
     )
     return endpoint_from_row(row)
@@ -357,21 +379,13 @@ def enable_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> E
     """Deliver to an endpoint again; its held deliveries become due at once."""
     now = clock.now()
     row = conn.execute(
-        sql(
-            "UPDATE {s}.endpoints SET enabled = true, disabled_reason = NULL, updated_at = :now "
-            f"WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
-            settings.db_schema,
-        ),
+        sql(ENABLE_ENDPOINT, settings.db_schema),
         {"id": endpoint_id, "now": now},
     ).one_or_none()
     if row is None:
         _missing(conn, settings, endpoint_id)
     released = conn.execute(
-        sql(
-            "UPDATE {s}.deliveries SET next_attempt_at = :now, updated_at = :now "
-            "WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at IS NULL",
-            settings.db_schema,
-        ),
+        sql(RELEASE_HELD, settings.db_schema),
         {"id": endpoint_id, "now": now},
     ).rowcount
     if released:
@@ -442,11 +456,7 @@ def update_endpoint(
     old_url = _lock_live(conn, settings, endpoint_id, "url")
     assignments = ", ".join(f"{column} = :{column}" for column in _UPDATABLE if column in values)
     row = conn.execute(
-        sql(
-            f"UPDATE {{s}}.endpoints SET {assignments}, updated_at = :now "
-            f"WHERE id = :id RETURNING {_COLUMNS}",
-            settings.db_schema,
-        ),
+        sql(UPDATE_ENDPOINT.format(assignments=assignments), settings.db_schema),
         {**values, "id": endpoint_id, "now": now},
     ).one()
     if values.get("url", old_url) != old_url:
@@ -470,11 +480,7 @@ def delete_endpoint(conn: Connection, settings: Settings, endpoint_id: str) -> E
     """
     now = clock.now()
     row = conn.execute(
-        sql(
-            "UPDATE {s}.endpoints SET deleted_at = :now, updated_at = :now "
-            f"WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
-            settings.db_schema,
-        ),
+        sql(DELETE_ENDPOINT, settings.db_schema),
         {"id": endpoint_id, "now": now},
     ).one_or_none()
     if row is None:
@@ -492,11 +498,7 @@ def set_rate_limit(
     if per_second is not None and not 0 < per_second <= 100_000:
         raise InvalidArgument("a rate limit must be a number of requests per second above 0")
     row = conn.execute(
-        sql(
-            "UPDATE {s}.endpoints SET rate_limit = :rate, updated_at = :now "
-            f"WHERE id = :id AND deleted_at IS NULL RETURNING {_COLUMNS}",
-            settings.db_schema,
-        ),
+        sql(SET_RATE_LIMIT, settings.db_schema),
         {"id": endpoint_id, "rate": per_second, "now": clock.now()},
     ).one_or_none()
     if row is None:
@@ -522,11 +524,7 @@ def rotate_secret(
     ]
     secret = generate_secret()
     row = conn.execute(
-        sql(
-            "UPDATE {s}.endpoints SET secrets = CAST(:secrets AS jsonb), updated_at = :now "
-            f"WHERE id = :id RETURNING {_COLUMNS}",
-            settings.db_schema,
-        ),
+        sql(STORE_NEW_SECRET, settings.db_schema),
         {
             "id": endpoint_id,
             "secrets": json.dumps(
@@ -627,11 +625,7 @@ def drop_retired_secrets(conn: Connection, settings: Settings, now: datetime) ->
 def _lock_live(conn: Connection, settings: Settings, endpoint_id: str, column: str) -> Any:
     """Lock a live (not deleted) endpoint's row for this transaction and read one column."""
     value = conn.execute(
-        sql(
-            f"SELECT {column} FROM {{s}}.endpoints "
-            "WHERE id = :id AND deleted_at IS NULL FOR UPDATE",
-            settings.db_schema,
-        ),
+        sql(LOCK_LIVE.format(column=column), settings.db_schema),
         {"id": endpoint_id},
     ).scalar_one_or_none()
     if value is None:
