@@ -2,7 +2,7 @@
 
 History is what a busy deployment accumulates: settled deliveries, each with its event and
 its attempt, inserted with ``generate_series`` (then ANALYZE, as autovacuum would). On top
-of it, 200 deliveries are due now over 20 endpoints, and `claims.claim_due` is timed
+of it, 200 deliveries are due now over 20 endpoints, and `claiming.claim_due` is timed
 directly, in a transaction that is rolled back so the same rows are due at every repetition.
 
 Run alone: ``python -m bench.claim_time``.

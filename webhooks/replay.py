@@ -1,7 +1,7 @@
 """Replay: send events again, now, whatever their state.
 
 A replay is a row in the ``replays`` table, claimed and leased by the dispatcher through the
-same admission as scheduled work (`claims.claim_due`) and sent by the same worker code, with
+same admission as scheduled work (`claiming.claim_due`) and sent by the same worker code, with
 trigger ``replay``: the same ``webhook-id`` and body, a fresh timestamp and signature. A
 replay that succeeds settles its delivery as ``succeeded``; one that fails changes neither
 its state nor its schedule. A delivery has at most one replay pending or in flight (the
