@@ -67,6 +67,10 @@ def create_engine(
     )
 
 
+# The Alembic revision a schema is at (its version table lives in the schema).
+SCHEMA_REVISION = "SELECT version_num FROM {s}.alembic_version"
+
+
 @functools.lru_cache(maxsize=512)
 def sql(statement: str, schema: str) -> sa.TextClause:
     """Return ``statement`` as a SQL clause with ``{s}`` replaced by the quoted schema."""
@@ -105,9 +109,7 @@ def migrate(settings: Settings, revision: str = "head") -> str:
         with translate_errors(settings), engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
-            current = conn.execute(
-                sql("SELECT version_num FROM {s}.alembic_version", settings.db_schema)
-            ).scalar_one()
+            current = conn.execute(sql(SCHEMA_REVISION, settings.db_schema)).scalar_one()
     finally:
         engine.dispose()
     return str(current)

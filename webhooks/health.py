@@ -293,16 +293,15 @@ def update_breaker(
         )
 
 
+LOCK_ENABLED = "SELECT enabled FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL FOR UPDATE"
+
+
 def disable(
     conn: Connection, settings: Settings, endpoint_id: str, reason: str, reporting: bool
 ) -> None:
     """Disable an endpoint that is still enabled (and not deleted), and say so."""
     enabled = conn.execute(
-        sql(
-            "SELECT enabled FROM {s}.endpoints WHERE id = :id AND deleted_at IS NULL FOR UPDATE",
-            settings.db_schema,
-        ),
-        {"id": endpoint_id},
+        sql(LOCK_ENABLED, settings.db_schema), {"id": endpoint_id}
     ).scalar_one_or_none()
     if not enabled:
         return

@@ -21,6 +21,8 @@ from sqlalchemy.engine import Connection
 from webhooks.database import sql
 from webhooks.settings import Settings
 
+FORGET = "DELETE FROM {s}.dispatchers WHERE id = :id"
+FORGET_STALE = "DELETE FROM {s}.dispatchers WHERE seen_at < :cutoff"
 BEAT = """
 INSERT INTO {s}.dispatchers (id, hostname, pid, started_at, seen_at)
 VALUES (:id, :hostname, :pid, :now, :now)
@@ -84,7 +86,7 @@ def beat(
 def forget(conn: Connection, settings: Settings, dispatcher_id: str) -> None:
     """Remove a dispatcher's row when it stops cleanly."""
     conn.execute(
-        sql("DELETE FROM {s}.dispatchers WHERE id = :id", settings.db_schema),
+        sql(FORGET, settings.db_schema),
         {"id": dispatcher_id},
     )
 
@@ -94,7 +96,7 @@ def forget_stale(
 ) -> int:
     """Remove rows of dispatchers not seen for ``older_than``; return how many."""
     result = conn.execute(
-        sql("DELETE FROM {s}.dispatchers WHERE seen_at < :cutoff", settings.db_schema),
+        sql(FORGET_STALE, settings.db_schema),
         {"cutoff": now - older_than},
     )
     return int(result.rowcount)

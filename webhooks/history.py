@@ -19,6 +19,7 @@ from webhooks.settings import Settings
 
 MAX_LISTED = 1000
 
+EVENT_PAYLOAD = "SELECT payload, mode FROM {s}.events WHERE id = :id"
 ATTEMPTS = """
 SELECT a.number, a.trigger, a.delivery_id, a.endpoint_id, d.mode, a.started_at, a.duration_ms,
        a.request_url, a.response_status, a.error_kind, a.error_message, a.response_body
@@ -62,7 +63,7 @@ def get_envelope(conn: Connection, settings: Settings, event_id: str) -> dict[st
     the envelope returned says so.
     """
     row = conn.execute(
-        sql("SELECT payload, mode FROM {s}.events WHERE id = :id", settings.db_schema),
+        sql(EVENT_PAYLOAD, settings.db_schema),
         {"id": event_id},
     ).one_or_none()
     if row is None:

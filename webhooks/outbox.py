@@ -31,6 +31,7 @@ MAX_PROJECT_ID_LENGTH = 200
 # touches the events table alone, whatever the number of endpoints listening. `only_endpoint`
 # (`webhooks trigger --endpoint`, an endpoint's test event) is kept for the expansion, which
 # sends the event to that one endpoint whatever its filter says.
+NOTIFY = "SELECT pg_notify(:channel, :payload)"
 PUBLISH = """
 WITH event AS (
     INSERT INTO {s}.events (id, project_id, mode, type, payload, idempotency_key, only_endpoint,
@@ -75,7 +76,7 @@ def notify_dispatchers(conn: Connection | Session, settings: Settings, payload: 
     """Wake the dispatchers when the transaction commits (a no-op if it rolls back)."""
     if settings.notify:
         conn.execute(
-            sql("SELECT pg_notify(:channel, :payload)", settings.db_schema),
+            sql(NOTIFY, settings.db_schema),
             {"channel": channel(settings), "payload": payload},
         )
 

@@ -31,6 +31,7 @@ from webhooks.settings import Settings
 
 # `queued`: replays this call added; `routed`: deliveries the event has (to that endpoint).
 # Deleted endpoints are left out: nothing more is sent to them.
+EVENT_EXISTS = "SELECT 1 FROM {s}.events WHERE id = :id"
 REPLAY_EVENT = """
 WITH routed AS (
     SELECT d.id FROM {s}.deliveries d
@@ -74,7 +75,7 @@ def replay_event(
     expanded is expanded first (`expansion.expand_events`).
     """
     exists = conn.execute(
-        sql("SELECT 1 FROM {s}.events WHERE id = :id", settings.db_schema), {"id": event_id}
+        sql(EVENT_EXISTS, settings.db_schema), {"id": event_id}
     ).scalar_one_or_none()
     if exists is None:
         raise EventNotFound(event_id)

@@ -49,7 +49,7 @@ import schema as schema_package
 from webhooks import clock
 from webhooks.cli.output import format_age, format_table
 from webhooks.clock_offset import MAX_CLOCK_OFFSET, measure_offset
-from webhooks.database import describe_url, sql
+from webhooks.database import SCHEMA_REVISION, describe_url, sql
 from webhooks.display import mask_url, mask_urls_in
 from webhooks.expansion import awaiting_expansion
 from webhooks.heartbeats import list_dispatchers
@@ -231,9 +231,7 @@ def _check_schema(engine: Engine, settings: Settings) -> Check:
             {"table": f'"{settings.db_schema}".alembic_version'},
         ).scalar_one()
         current = (
-            conn.execute(
-                sql("SELECT version_num FROM {s}.alembic_version", settings.db_schema)
-            ).scalar_one_or_none()
+            conn.execute(sql(SCHEMA_REVISION, settings.db_schema)).scalar_one_or_none()
             if exists
             else None
         )
