@@ -4,7 +4,8 @@ baselines measured in the same invocation on the same machine.
 1. the limits: raw POST rate of one keep-alive `httpx.Client` thread to the receiver, and
    Celery's own no-op task rate and hop latency with the worker settings we ship;
 2. the naive baseline (`bench.naive`);
-3. the product: ``publish()`` → dispatcher → worker → receiver, every attempt stored;
+3. the product: ``publish()`` → dispatcher → worker → receiver, every attempt stored, and
+   in its backlog drain what one delivery costs each resource (`bench.costs`);
 4. a healthy endpoint's latency while a bulk recovery runs, beside the same stretch without
    it (`bench.recovery_fairness`).
 
