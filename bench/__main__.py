@@ -4,7 +4,8 @@ baselines measured in the same invocation on the same machine.
 1. the limits: raw POST rate of one keep-alive `httpx.Client` thread to the receiver, and
    Celery's own no-op task rate and hop latency with the worker settings we ship;
 2. the naive baseline (`bench.naive`);
-3. the product: ``publish()`` → dispatcher → worker → receiver, every attempt stored;
+3. the product: ``publish()`` → dispatcher → worker → receiver, every attempt stored, and
+   in its backlog drain what one delivery costs each resource (`bench.costs`);
 4. a healthy endpoint's latency while a bulk recovery runs, beside the same stretch without
    it (`bench.recovery_fairness`).
 
@@ -566,10 +567,46 @@ def render(results: dict[str, Any]) -> str:
         f"Receiver CPU per request: {fmt_spread(g('raw', 'receiver_cpu_us_per_request'))} µs "
         "(the fast receiver is not the bottleneck).",
     ]
+    lines += cost_lines(f)
     if results["notes"]:
         lines += ["", "Notes from the runs:", ""] + [f"- {n}" for n in results["notes"]]
     lines.append("")
     return "\n".join(lines)
+
+
+COSTS = (
+    ("worker CPU, µs", "worker_cpu_us_per_delivery"),
+    ("dispatcher CPU, µs", "dispatcher_cpu_us_per_delivery"),
+    ("Postgres CPU (backends serving worker and dispatcher), µs", "pg_cpu_us_per_delivery"),
+    ("WAL bytes, dispatch to recorded", "wal_bytes_per_delivery"),
+    ("WAL bytes of publish(), per event", "publish_wal_bytes_per_event"),
+    ("broker bytes into Redis", "broker_in_bytes_per_delivery"),
+    ("broker bytes out of Redis", "broker_out_bytes_per_delivery"),
+)
+
+
+def cost_lines(f: dict[str, Any]) -> list[str]:
+    """Per-delivery costs of the clean drain (bench.costs), the capacity model's inputs."""
+    from bench.report import fmt, fmt_spread
+
+    drain = f.get("product_drain", {})
+    if "worker_cpu_us_per_delivery" not in drain:
+        return []
+    lines = [
+        "",
+        "Per-delivery cost, product backlog drain (bench/costs.py: CPU from psutil; WAL and "
+        "broker bytes are server-wide counters, upper bounds on a shared machine):",
+        "",
+        "| cost per delivery | min / median / max |",
+        "|---|---|",
+    ]
+    lines += [f"| {label} | {fmt_spread(drain.get(key), 1)} |" for label, key in COSTS]
+    busy = ", ".join(
+        f"{role} {fmt(drain.get(f'{role}_cores_busy', {}).get('median', float('nan')), 2)}"
+        for role in ("worker", "dispatcher", "pg")
+    )
+    lines.append(f"| cores busy during the drain (median) | {busy} |")
+    return lines
 
 
 if __name__ == "__main__":

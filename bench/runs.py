@@ -37,6 +37,7 @@ from bench.common import (
     percentile,
     wait_until,
 )
+from bench.costs import CostMeter, wal_bytes_between, wal_lsn
 from bench.receivers import Receiver
 from webhooks.endpoints import add_endpoint
 from webhooks.outbox import publish
@@ -438,18 +439,29 @@ def product_run(
         engine = engine_for(settings)
         projects = _endpoints(settings, engine, urls, f"proj_b{secrets.token_hex(2)}_")
         dep = Deployment(env, settings, engine, projects, set(projects[n_black:]))
+        # Per-delivery costs in the clean drain only: there every attempt is one delivery.
+        meter = CostMeter(engine) if per_second is None and blackhole is None else None
         healthy_events = count - sum(
             1 for i in range(count) if projects[i % PROJECTS] not in dep.healthy
         )
         warm = 0 if per_second is None else config.warmup_events
         healthy_total = healthy_events + warm  # every warm-up event goes to a healthy endpoint
         offset = fast.offset()
+        drain_started, publish_wal = time.monotonic(), 0.0
         try:
             with Processes(config.logdir, env) as procs:
                 if per_second is None:
+                    wal_at_publish = wal_lsn(engine)
                     committed = _publish_backlog(dep, count)
-                    procs.celery_worker("workers", config.concurrency, "worker")
-                    procs.dispatcher()
+                    publish_wal = wal_bytes_between(engine, wal_at_publish, wal_lsn(engine))
+                    worker = procs.celery_worker("workers", config.concurrency, "worker")
+                    if meter is not None:
+                        meter.add("worker", worker)
+                        meter.start()
+                    dispatcher = procs.dispatcher()
+                    drain_started = time.monotonic()
+                    if meter is not None:
+                        meter.add("dispatcher", dispatcher)
                 else:
                     procs.celery_worker("workers", config.concurrency, "worker")
                     procs.dispatcher()
@@ -484,9 +496,13 @@ def product_run(
                     timeout=config.drain_timeout,
                     interval=0.25,
                 )
+                drained_in = time.monotonic() - drain_started if per_second is None else 0.0
                 time.sleep(0.3)  # the last attempts' rows commit just after their arrival
                 states = _states(dep)
                 stored = _attempts_stored(dep)
+                if meter is not None:
+                    out.figures.update(meter.per_delivery(stored, drained_in))
+                    out.figures["publish_wal_bytes_per_event"] = publish_wal / max(1, count)
         finally:
             engine.dispose()
     arrivals = {k: v for k, v in first_arrivals(fast, offset).items() if k in committed}

@@ -41,7 +41,15 @@ def made_up_results() -> dict[str, object]:
         "raw": [{"raw_post_per_s": 1000.0, "receiver_cpu_us_per_request": 40.0}],
         "noop_drain": [{"noop_per_s": 200.0}],
         "naive_drain": [{"naive_per_s": 20.0, "lost": 0.0, "arrived_not_stored": 0.0}],
-        "product_drain": [{"per_s": 150.0, "lost": 0.0, "never_attempted": 0.0}],
+        "product_drain": [
+            {
+                "per_s": 150.0,
+                "lost": 0.0,
+                "never_attempted": 0.0,
+                "worker_cpu_us_per_delivery": 2500.0,
+                "pg_cpu_us_per_delivery": 700.0,
+            }
+        ],
         "product_paced": [
             {
                 "latency_p50_ms": 10.0,
@@ -92,6 +100,8 @@ def test_report_pairs_each_product_figure_with_its_same_run_baselines() -> None:
     assert met["claim time, 1 M vs 10 k rows of history"] is None  # not measured here
     markdown = render(results)
     assert "| throughput vs Celery no-op (same run) | ≥ 0.60x | 0.75 | met |" in markdown
+    assert "| worker CPU, µs | 2,500 / 2,500 / 2,500 |" in markdown
+    assert "| dispatcher CPU, µs | - |" in markdown  # a cost not measured shows as such
 
 
 @pytest.mark.slow
@@ -121,6 +131,12 @@ def test_quick_bench_runs_every_pipeline_and_counts_every_event(
     assert product["healthy_succeeded"] == product["events"]
     assert product["lost"] == 0 and product["never_attempted"] == 0
     assert product["attempts_stored"] >= product["events"]
+    # The drain's processes and their Postgres backends did work, and Postgres logged it.
+    for cost in ("worker_cpu", "dispatcher_cpu", "pg_cpu"):
+        assert product[f"{cost}_us_per_delivery"] > 0, cost
+    assert product["pg_backends"] >= 1
+    assert product["wal_bytes_per_delivery"] > 0
+    assert product["broker_in_bytes_per_delivery"] > 0
     assert results["per_run"]["noop_drain"][0]["completed"] == results["meta"]["config"]["events"]
     assert "product_w8" in results["extra"]["publish"]
 
