@@ -29,8 +29,8 @@ Run alone: ``python -m bench.api_bench [--quick]`` (uses DATABASE_URL and throwa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import json
 import os
 import re
