@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -397,10 +398,13 @@ def summary(results: dict[str, Any]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.api_bench")
     parser.add_argument("--quick", action="store_true", help="a few thousand rows, 1 s a figure")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, help="default: 3, or 1 with --quick")
+    parser.add_argument("--seconds", type=float, help="how long each rate is measured")
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes()
-    results = measure(sizes, runs=1 if args.quick else args.runs)
+    if args.seconds:
+        sizes = dataclasses.replace(sizes, seconds=args.seconds)
+    results = measure(sizes, runs=args.runs or (1 if args.quick else 3))
     RESULTS_DIR.mkdir(exist_ok=True)
     path = (
         RESULTS_DIR / f"api-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"

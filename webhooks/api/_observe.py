@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from re import Pattern
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
 from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("webhooks.api.requests")
 
@@ -49,55 +50,73 @@ def route_templates(app: FastAPI) -> list[tuple[Pattern[str], str]]:
     return [(compile_path(template)[0], template) for template in paths]
 
 
-def route_of(templates: Sequence[tuple[Pattern[str], str]], request: Request) -> str:
-    """The path template of the route that serves ``request`` (also when the guard answered
-    before routing), or ``unmatched``."""
-    routed = request.scope.get("route")
+def route_of(templates: Sequence[tuple[Pattern[str], str]], scope: Scope) -> str:
+    """The path template of the route that serves the request of ``scope`` (also when the
+    guard answered before routing), or ``unmatched``."""
+    routed = scope.get("route")
     if routed is not None and hasattr(routed, "path"):
         return str(routed.path)
     # Not routed: the path as the app sees it (without the prefix it may be mounted under).
-    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
     for pattern, template in templates:
         if pattern.match(path):
             return template
     return UNMATCHED
 
 
-def install(app: FastAPI) -> None:
-    """Count, time and log every request ``app`` answers (the outermost middleware: it sees
-    the guard's refusals too)."""
+class Observer:
+    """Count, time and log every request the app answers: the outermost middleware, so it
+    sees the guard's refusals too.
 
-    templates: list[tuple[Pattern[str], str]] = []
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette runs those in a task of
+    their own with a stream between it and the app, which cost more per request than the
+    page's query; this one only watches the answer's first message go by.
+    """
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if not templates:  # once, when every route is in place
-            templates.extend(route_templates(app))
+    def __init__(self, app: ASGIApp, *, documented: FastAPI) -> None:
+        self.app = app
+        self.documented = documented
+        self.templates: list[tuple[Pattern[str], str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.templates is None:  # once, when every route is in place
+            self.templates = route_templates(self.documented)
+        templates = self.templates
         started = time.perf_counter()
+        answered = False
+
+        async def observed(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start" and not answered:
+                answered = True
+                _record(templates, scope, message["status"], time.perf_counter() - started)
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, observed)
         except Exception:
-            # Answered by the server's last-resort handler, outside this middleware: a 500.
-            _record(templates, request, 500, time.perf_counter() - started)
+            if not answered:
+                # Answered by the server's last-resort handler, outside this middleware: a 500.
+                _record(templates, scope, 500, time.perf_counter() - started)
             raise
-        _record(templates, request, response.status_code, time.perf_counter() - started)
-        return response
 
 
 def _record(
-    templates: Sequence[tuple[Pattern[str], str]], request: Request, status: int, seconds: float
+    templates: Sequence[tuple[Pattern[str], str]], scope: Scope, status: int, seconds: float
 ) -> None:
-    route = route_of(templates, request)
-    REQUESTS.labels(route, request.method, str(status)).inc()
+    route = route_of(templates, scope)
+    method = scope["method"]
+    REQUESTS.labels(route, method, str(status)).inc()
     REQUEST_SECONDS.labels(route).observe(seconds)
-    identity = getattr(request.state, "identity", None)
+    identity = scope.get("state", {}).get("identity")
     log.info(
         "api.request",
         extra={
             "route": route,
-            "method": request.method,
+            "method": method,
             "status": status,
             "duration_ms": round(seconds * 1000, 1),
             "key_id": identity.key_id if identity is not None else None,

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhooks.models import Attempt, Delivery, DeliverySummary, Endpoint, customer_error_message
+from webhooks.models import (
+    Attempt,
+    Delivery,
+    DeliverySummary,
+    Endpoint,
+    customer_error_message,
+    rfc3339,
+)
 from webhooks.recovery import Recovery
 
 # A summary carries no URL to name the host by; a blocked attempt's stored message names an
@@ -40,7 +47,8 @@ def attempt_object(attempt: Attempt, *, full: bool = False) -> dict[str, Any]:
         "mode": attempt.mode,
         "number": attempt.number,
         "trigger": attempt.trigger,
-        "started_at": attempt.to_json()["started_at"],
+        # Not via `Attempt.to_json`: a page formats 100 attempts, and that formats every field.
+        "started_at": rfc3339(attempt.started_at),
         "duration_ms": attempt.duration_ms,
         "request_url": attempt.request_url,
         "response_status": attempt.response_status,
