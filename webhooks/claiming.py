@@ -106,6 +106,34 @@ LIMIT :limit
 FOR UPDATE OF d SKIP LOCKED
 """
 )
+# The same rows, and their endpoints' claim locks (`LOCK_ENDPOINTS`) taken in the same round
+# trip, for a round that looks at no replays (most of them): the locks are taken after the
+# rows are read, in id order, and held by the time the next statement (`IN_FLIGHT`) takes its
+# snapshot, which is all the cap needs. A round that looks at replays too takes them after
+# both reads, over both sets at once, so that every dispatcher takes its locks in one
+# id-ordered pass (two passes could wait on each other in a cycle).
+DUE_CANDIDATES_LOCKED = (
+    "WITH "
+    + BUSY
+    + """, due AS MATERIALIZED (
+SELECT d.id, d.endpoint_id, e.consecutive_failures, e.breaker_open_until,
+       coalesce(b.n, 0) AS in_flight, e.rate_limit IS NOT NULL AS rate_limited,
+       d.first_attempt_at + :window AS window_end, e.deleted_at IS NOT NULL AS deleted,
+       (SELECT coalesce(sum(n), 0) FROM busy) AS everywhere, d.next_attempt_at
+FROM {s}.deliveries d
+JOIN {s}.endpoints e ON e.id = d.endpoint_id AND e.enabled
+LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
+WHERE d.state = 'pending' AND d.next_attempt_at <= :now AND coalesce(b.n, 0) < :concurrency
+ORDER BY d.next_attempt_at
+LIMIT :limit
+FOR UPDATE OF d SKIP LOCKED
+), locked AS MATERIALIZED (
+SELECT count(pg_advisory_xact_lock(hashtextextended(:namespace || endpoint_id, 0))) AS n
+FROM (SELECT DISTINCT endpoint_id FROM due ORDER BY endpoint_id) AS ids
+)
+SELECT due.* FROM due CROSS JOIN locked ORDER BY due.next_attempt_at
+"""
+)
 # Queued replays, the same way: a disabled endpoint's replays stay queued (held) until it is
 # enabled, and those of an endpoint at its cap are passed over in SQL, not in Python.
 REPLAY_CANDIDATES = (
@@ -301,7 +329,10 @@ def claim_due(
         "concurrency": settings.endpoint_concurrency,
         "window": settings.retry_window,
     }
-    due = conn.execute(sql(DUE_CANDIDATES, schema), params).all()
+    # Without replays, the due rows' statement takes the endpoint locks as well.
+    locked = not replays
+    statement = DUE_CANDIDATES_LOCKED if locked else DUE_CANDIDATES
+    due = conn.execute(sql(statement, schema), {**params, "namespace": f"{schema}:"}).all()
     cancelled = [row.id for row in due if row.deleted]
     if cancelled:
         conn.execute(sql(CANCEL_DELIVERIES, schema), {"ids": cancelled, "now": now})
@@ -329,7 +360,9 @@ def claim_due(
         )
         for row in queued
     ]
-    in_flight = _lock_endpoints(conn, settings, {row.endpoint_id for row in [*due, *queued]})
+    in_flight = _lock_endpoints(
+        conn, settings, {row.endpoint_id for row in [*due, *queued]}, locked=locked
+    )
     limited = sorted({row.endpoint_id for row in [*due, *queued] if row.rate_limited})
     rates: dict[str, RateLimit] = {}
     if limited:
@@ -376,11 +409,15 @@ def claim_due(
     )
 
 
-def _lock_endpoints(conn: Connection, settings: Settings, endpoint_ids: set[str]) -> dict[str, int]:
-    """Take the endpoints' claim locks (`LOCK_ENDPOINTS`); return their attempts in flight."""
+def _lock_endpoints(
+    conn: Connection, settings: Settings, endpoint_ids: set[str], *, locked: bool
+) -> dict[str, int]:
+    """Take the endpoints' claim locks (`LOCK_ENDPOINTS`) unless ``locked`` (taken with the
+    due rows, `DUE_CANDIDATES_LOCKED`); return their attempts in flight."""
     schema = settings.db_schema
     params = {"namespace": f"{schema}:", "endpoint_ids": sorted(endpoint_ids)}
-    conn.execute(sql(LOCK_ENDPOINTS, schema), params).all()
+    if not locked:
+        conn.execute(sql(LOCK_ENDPOINTS, schema), params).all()
     return {row.endpoint_id: int(row.n) for row in conn.execute(sql(IN_FLIGHT, schema), params)}
 
 
