@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import redis.exceptions
 from kombu.transport import redis as kombu_redis
 
 
@@ -27,6 +28,16 @@ class Channel(kombu_redis.Channel):
         self._command_client: tuple[Any, Any] | None = None
         self._command_client_lock = threading.Lock()
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        # Closing a channel after the broker went away restores its unacked messages, which
+        # asks for a pool; once the connection has let go of its client there are no
+        # parameters to build one from, and kombu's AttributeError is not a connection
+        # error, so the consumer's reconnect treats it as fatal and the worker exits. Say
+        # what it is: the connection is gone (the consumer then reconnects).
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is closed")
+        return super()._get_pool(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
