@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.support.deliveries import attempts, deliveries, new_endpoint, publish_one
+from tests.support.deliveries import attempts, deliveries, execute_sql, new_endpoint, publish_one
 from tests.support.polling import wait_for
 from tests.support.receivers import Receiver
 from webhooks.endpoints import get_endpoint
@@ -76,6 +77,20 @@ def test_black_holed_endpoint_is_capped_then_cut_off_and_healthy_ones_keep_flowi
         print(f"healthy latency {name}: {summary}")
         record_property(name, summary)
 
+    # Healthy deliveries may all be done before the black hole's first attempts time out
+    # (batches make them quick): wait for the three timeouts that open its breaker, then
+    # for two more deadlines, in which nothing more may be sent to it.
+    def timeouts() -> int:
+        rows = execute_sql(
+            engine,
+            settings,
+            "SELECT count(*) FROM {s}.attempts WHERE endpoint_id = :id AND error_kind = 'timeout'",
+            id=hole,
+        )
+        return int(rows[0][0])
+
+    wait_for(lambda: timeouts() >= 3, timeout=30, what="three timeouts to open the breaker")
+    time.sleep(2 * 2.0)  # WEBHOOKS_TIMEOUT twice: proving that nothing follows takes time
     # The black hole never held more than the cap of threads before its breaker opened.
     hole_requests = receiver.received(f"/hang{path}")
     assert 3 <= len(hole_requests) <= 3 + 2, len(hole_requests)
