@@ -154,3 +154,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("faults"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def no_other_due_rows(engine: Engine, settings: Settings) -> None:
+    """Settle every due row of the module's schema, for tests that call claim_due directly
+    (it takes the oldest due rows of the whole schema)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"UPDATE \"{settings.db_schema}\".deliveries SET state = 'succeeded' "
+                "WHERE state IN ('pending', 'delivering')"
+            )
+        )
