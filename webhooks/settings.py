@@ -228,12 +228,14 @@ class Settings:
     queue: str = "webhooks"
     dispatch_batch_size: int = 200
     # Attempts in flight the workers are sent one task at a time before the dispatcher
-    # groups claims (`messages.group_claims`), and the most attempts one task carries. Not
-    # the threads: a worker's threads share one GIL and a task costs Celery ~2 ms of it,
-    # so a worker saturates with a handful in flight while most threads wait (measured:
-    # at ~220 deliveries/s, p50 49 ms with 8, 201 ms with 32; the same at 100/s). Raise it
-    # with the number of worker processes.
-    worker_slots: int = 8
+    # groups a round's claims (`messages.group_claims`) and pauses between rounds
+    # (`workers.dispatcher.GATHER`), and the most attempts one task carries. Not the threads:
+    # a worker's threads share one GIL and each message costs its consumer Celery's own few
+    # ms of it, so singles saturate a worker long before its threads are busy (measured on
+    # the bench machine: at 100 deliveries/s, commit→arrival p50 / p99 72 / 202 ms with 8,
+    # 33 / 58 ms with 1; at 190/s, 1.0 s / 1.4 s with 8, 51 / 103 ms with 1). Raise it for
+    # workers spread over many processes whose rounds are small.
+    worker_slots: int = 1
     batch_max: int = 50
     # Events a recovery looks at per batch (one short transaction each), and how many of its
     # replays may wait to be sent before the next batch is queued.
@@ -323,7 +325,7 @@ class Settings:
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or None,
             queue=get("WEBHOOKS_QUEUE", "webhooks"),
             dispatch_batch_size=batch_size,
-            worker_slots=parse_count(get("WEBHOOKS_WORKER_SLOTS", "8"), "WEBHOOKS_WORKER_SLOTS"),
+            worker_slots=parse_count(get("WEBHOOKS_WORKER_SLOTS", "1"), "WEBHOOKS_WORKER_SLOTS"),
             batch_max=parse_count(get("WEBHOOKS_BATCH_MAX", "50"), "WEBHOOKS_BATCH_MAX"),
             recovery_batch_size=parse_count(
                 get("WEBHOOKS_RECOVERY_BATCH", "500"), "WEBHOOKS_RECOVERY_BATCH"

@@ -1,0 +1,93 @@
+"""A busy dispatcher lets a steady stream gather (`workers.dispatcher.GATHER`): publishes that
+each commit alone, and wake it with their own notification, reach the workers in a few tasks,
+not one message each. One message per event is what saturated a worker at half of its peak
+(bench/RESULTS.md, issue 15).
+
+Real Postgres (NOTIFY wakes the dispatcher at every commit), real Redis, no worker: every
+claim stays in flight, and the queue shows every message the dispatcher sent."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy.engine import Engine
+
+from tests.support.deliveries import new_endpoint, publish_one
+from tests.support.polling import wait_for
+from webhooks.heartbeats import forget
+from webhooks.messages import claims_from_kwargs
+from webhooks.settings import Settings
+from workers.app import celery_config
+from workers.dispatcher import GATHER, Dispatcher
+
+EVENTS = 100
+INTERVAL = 0.01  # shorter than a round plus the pause, longer than a round alone
+
+
+@pytest.fixture
+def busy(settings: Settings) -> Settings:
+    if not settings.broker_url.startswith("redis://"):
+        pytest.skip("reads the messages from the Redis queue")
+    # No endpoint cap in the way: with no worker, every claim stays in flight.
+    return dataclasses.replace(settings, endpoint_concurrency=2 * EVENTS)
+
+
+@pytest.fixture
+def dispatching(busy: Settings, engine: Engine) -> Iterator[Dispatcher]:
+    app = Celery("gathering", set_as_current=False)
+    app.conf.update(celery_config(busy))
+    dispatcher = Dispatcher(busy, app)
+    thread = threading.Thread(target=dispatcher.run, daemon=True)
+    thread.start()
+    yield dispatcher
+    dispatcher.stop()
+    thread.join(timeout=10)
+    with engine.begin() as conn:
+        forget(conn, busy, dispatcher.id)
+    redis.Redis.from_url(busy.broker_url).delete(busy.queue)
+    app.close()
+
+
+def _messages(settings: Settings) -> list[list[str]]:
+    """Each queued message's delivery ids."""
+    client = redis.Redis.from_url(settings.broker_url)
+    messages = []
+    for raw in client.lrange(settings.queue, 0, -1):
+        _, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        messages.append([claim.delivery_id for claim in claims_from_kwargs(kwargs)])
+    return messages
+
+
+def test_a_steady_stream_of_commits_goes_to_the_workers_in_a_few_tasks(
+    busy: Settings, engine: Engine, dispatching: Dispatcher
+) -> None:
+    new_endpoint(engine, busy, "http://127.0.0.1:9/hook", "proj_gather")
+    # The first round (and the queue's binding) before the stream starts.
+    publish_one(engine, busy, "proj_gather")
+    wait_for(lambda: len(_messages(busy)) == 1, timeout=10, what="the first message")
+    (first,) = _messages(busy)
+    started = time.monotonic()
+    for n in range(EVENTS):
+        time.sleep(max(0.0, started + n * INTERVAL - time.monotonic()))
+        publish_one(engine, busy, "proj_gather", data={"n": n})
+    wait_for(
+        lambda: len({d for m in _messages(busy) for d in m}) == EVENTS + 1,
+        timeout=30,
+        interval=0.01,
+        what="every event's claim in the queue",
+    )
+    elapsed = time.monotonic() - started
+    messages = [m for m in _messages(busy) if m != first]
+    # A round that sent is followed by the pause: at most one message per GATHER (each
+    # round's claims travel as one task), however many commits woke the dispatcher.
+    assert len(messages) <= elapsed / GATHER + 1, (len(messages), elapsed)
+    ids = [d for m in messages for d in m]
+    assert len(ids) == len(set(ids)) == EVENTS  # each claim sent once
