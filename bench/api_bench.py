@@ -233,13 +233,14 @@ def api_command() -> list[str]:
     return [str(BIN / "webhooks"), "api", "--host", "127.0.0.1", "--port", "0"]
 
 
-def hello_command() -> list[str]:
-    """The bare uvicorn hello app, with the settings `webhooks api` gives uvicorn."""
+def hello_command(app: str = "app") -> list[str]:
+    """The bare uvicorn hello app (or ``framework``), with the settings `webhooks api` gives
+    uvicorn."""
     return [
         str(BIN / "python"),
         "-m",
         "uvicorn",
-        "bench.hello_app:app",
+        f"bench.hello_app:{app}",
         "--host",
         "127.0.0.1",
         "--port",
@@ -308,6 +309,13 @@ def measure_rates(port: int, key: str | None, path: str, seconds: float) -> dict
     return figures
 
 
+def measure_peak(port: int, path: str, seconds: float) -> dict[str, float]:
+    """Peak (closed loop) of one route, after a warm-up."""
+    request = request_bytes(path, None)
+    asyncio.run(closed_loop(port, request, CONNECTIONS, min(seconds, 2.0)))
+    return asyncio.run(closed_loop(port, request, CONNECTIONS, seconds)).figures()
+
+
 def page_ms(ports: tuple[int, int], keys: tuple[str, str], path: str, samples: int) -> list[float]:
     """Median ms of one page asked for alone, of each server, asked for in turn (so that the
     machine's changing load weighs on both alike)."""
@@ -337,6 +345,7 @@ def measure(sizes: Sizes = Sizes(), runs: int = 3) -> dict[str, Any]:
         # All of it the large project's: its filtered pages are full (100 rows) there too.
         small_env, small_key = stack.enter_context(schema_with(sizes.small, 97, one_project=True))
         hello = stack.enter_context(served(hello_command(), {}, logdir, "hello"))
+        framework = stack.enter_context(served(hello_command("framework"), {}, logdir, "framework"))
         large = stack.enter_context(served(api_command(), large_env, logdir, "api-large"))
         small = stack.enter_context(served(api_command(), small_env, logdir, "api-small"))
         for n in range(runs):
@@ -350,6 +359,12 @@ def measure(sizes: Sizes = Sizes(), runs: int = 3) -> dict[str, Any]:
             ):
                 for figure, value in figures.items():
                     per.setdefault(f"{name}_{figure}", []).append(value)
+            for kind in ("sync", "async"):
+                query = ROUTES["list"].split("?", 1)[1]
+                for figure, value in measure_peak(
+                    framework, f"/{kind}?{query}", sizes.seconds
+                ).items():
+                    per.setdefault(f"framework_{kind}_{figure}", []).append(value)
             for route, path in ROUTES.items():
                 both = page_ms((large, small), (large_key, small_key), path, sizes.page_samples)
                 for size, ms in zip(("large", "small"), both, strict=True):
@@ -376,6 +391,15 @@ def summary(results: dict[str, Any]) -> list[str]:
         f"p99 {median['hello_p99_ms']:.2f} ms; "
         f"p99 at half rate {median['hello_half_p99_ms']:.2f} ms"
     ]
+    lines.append(
+        "FastAPI's own ceiling for the list's route shape (no database, no guard): "
+        + ", ".join(
+            f"{'async def' if kind == 'async' else 'def'} route "
+            f"{median[f'framework_{kind}_per_s']:.0f}/s = "
+            f"{100 * median[f'framework_{kind}_per_s'] / hello:.1f}% of hello"
+            for kind in ("sync", "async")
+        )
+    )
     for route in ROUTES:
         rate, half_p99 = median[f"{route}_per_s"], median[f"{route}_half_p99_ms"]
         page = median[f"{route}_page_large_ms"] / median[f"{route}_page_small_ms"]
