@@ -81,15 +81,17 @@ FORGET_DISPATCHERS_AFTER = timedelta(days=1)
 # How often held rows of enabled endpoints are looked for (SPEC: a held delivery is attempted
 # within 5 s of its endpoint's enable, even when a publish raced the enable).
 RELEASE_HELD_EVERY = 2.0
-# The shortest time from one round to the next after a round that left the workers holding
-# at least their slots (`Settings.worker_slots`; 1 by default, so: after any round that sent):
-# a busy dispatcher sends at most one round of messages per GATHER. Rounds follow the
-# publishes' notifications, so under a steady stream each would carry a claim or two, each
-# its own message, and a worker's consumer pays Celery's own cost per message (~3.7 ms on the
-# bench machine) under the one GIL its attempts share: at 100/s a message waited 33 ms (p50)
-# in the broker for its turn, and at 190/s the queue grew without bound (p50 2.4 s). Spacing
-# the rounds lets the next carry what fell due meanwhile in one task (p50 / p99 at 190/s:
-# 51 / 103 ms). An event that finds the dispatcher idle is not delayed.
+# How long a dispatcher pauses after a round that left the workers holding at least their
+# slots (`Settings.worker_slots`; 1 by default, so: after any round that sent). Rounds follow
+# the publishes' notifications, so under a steady stream each would carry a claim or two,
+# each its own message, and a worker's consumer pays Celery's own cost per message (~3.7 ms
+# on the bench machine) under the one GIL its attempts share: at 100/s a message waited
+# 33 ms (p50) in the broker for its turn, and at 190/s the queue grew without bound (p50
+# 2.4 s). The pause lets the next round carry what fell due meanwhile in one task. Measured
+# in alternation at 100/s and 200/s (p50 / p99, ms): a 20 ms pause 38-40 / 66-69 and 54-59 /
+# 97-100; 40 ms 51-52 / 86 and 68 / 108-109; 20 ms counted from the round's start (shorter
+# pauses, more messages) 41-48 / 104-133 and 120 / 245-283. An event that finds the
+# dispatcher idle is not delayed.
 GATHER = 0.02
 
 
@@ -277,13 +279,12 @@ class Dispatcher:
                         extra={"schema": self.settings.db_schema, "queue": self.settings.queue},
                     )
                     started = True
-                began = time.monotonic()
                 result = self.tick()
                 failures = 0
                 if result.claimed >= self.settings.dispatch_batch_size or self._expansion_left:
                     continue  # more is due (or to expand) right now
                 if result.backlogged:
-                    self._stopping.wait(max(0.0, GATHER - (time.monotonic() - began)))
+                    self._stopping.wait(GATHER)
                 wait = self._seconds_until(result.next_due)
                 if result.waiting or wait == 0.0 or self._recoveries_due:
                     # Rows are due but were not claimed: their endpoints are at their cap.
