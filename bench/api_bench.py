@@ -55,6 +55,8 @@ ROUTES = {
     "list": "/v1/webhook_attempts?limit=100",
     "filtered": f"/v1/webhook_attempts?endpoint_id={ENDPOINT}&status=failed&limit=100",
 }
+# The framework-only routes (`bench.hello_app.framework`) get the list's query string.
+FRAMEWORK_QUERY = ROUTES["list"].split("?", 1)[1]
 CONNECTIONS = 16
 OPEN_LOOP_CONNECTIONS = 64
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -298,22 +300,20 @@ def query_ms(settings: Settings, samples: int, **filters: Any) -> float:
 # -- the measurement -----------------------------------------------------------------------------
 
 
+def peak_load(port: int, request: bytes, seconds: float) -> Load:
+    """The closed loop at its peak, after a warm-up."""
+    asyncio.run(closed_loop(port, request, CONNECTIONS, min(seconds, 2.0)))
+    return asyncio.run(closed_loop(port, request, CONNECTIONS, seconds))
+
+
 def measure_rates(port: int, key: str | None, path: str, seconds: float) -> dict[str, float]:
     """Peak (closed loop) and p99 at half of it (open loop) of one route."""
     request = request_bytes(path, key)
-    asyncio.run(closed_loop(port, request, CONNECTIONS, min(seconds, 2.0)))  # warm up
-    peak = asyncio.run(closed_loop(port, request, CONNECTIONS, seconds))
+    peak = peak_load(port, request, seconds)
     half = asyncio.run(open_loop(port, request, peak.per_s / 2, seconds))
     figures = peak.figures()
     figures.update({f"half_{k}": v for k, v in half.figures().items()})
     return figures
-
-
-def measure_peak(port: int, path: str, seconds: float) -> dict[str, float]:
-    """Peak (closed loop) of one route, after a warm-up."""
-    request = request_bytes(path, None)
-    asyncio.run(closed_loop(port, request, CONNECTIONS, min(seconds, 2.0)))
-    return asyncio.run(closed_loop(port, request, CONNECTIONS, seconds)).figures()
 
 
 def page_ms(ports: tuple[int, int], keys: tuple[str, str], path: str, samples: int) -> list[float]:
@@ -360,10 +360,8 @@ def measure(sizes: Sizes = Sizes(), runs: int = 3) -> dict[str, Any]:
                 for figure, value in figures.items():
                     per.setdefault(f"{name}_{figure}", []).append(value)
             for kind in ("sync", "async"):
-                query = ROUTES["list"].split("?", 1)[1]
-                for figure, value in measure_peak(
-                    framework, f"/{kind}?{query}", sizes.seconds
-                ).items():
+                request = request_bytes(f"/{kind}?{FRAMEWORK_QUERY}", None)
+                for figure, value in peak_load(framework, request, sizes.seconds).figures().items():
                     per.setdefault(f"framework_{kind}_{figure}", []).append(value)
             for route, path in ROUTES.items():
                 both = page_ms((large, small), (large_key, small_key), path, sizes.page_samples)

@@ -227,14 +227,12 @@ class Settings:
     flower_basic_auth: str | None = None
     queue: str = "webhooks"
     dispatch_batch_size: int = 200
-    # Attempts in flight the workers are sent one task at a time before the dispatcher
-    # groups a round's claims (`messages.group_claims`) and pauses between rounds
-    # (`workers.dispatcher.GATHER`), and the most attempts one task carries. Not the threads:
-    # a worker's threads share one GIL and each message costs its consumer Celery's own few
-    # ms of it, so singles saturate a worker long before its threads are busy (measured on
-    # the bench machine: at 100 deliveries/s, commit→arrival p50 / p99 72 / 202 ms with 8,
-    # 33 / 58 ms with 1; at 190/s, 1.0 s / 1.4 s with 8, 51 / 103 ms with 1). Raise it for
-    # workers spread over many processes whose rounds are small.
+    # Attempts in flight below which a round's claims go one task each; above it they are
+    # grouped (`messages.group_claims`) and a busy dispatcher pauses between rounds
+    # (`workers.dispatcher.GATHER`, which has the figures). Not the threads: a worker's
+    # threads share one GIL and each message costs its consumer Celery's own few ms of it, so
+    # singles saturate a worker long before its threads are busy. Raise it for workers spread
+    # over many processes whose rounds are small. Then the most attempts one task carries.
     worker_slots: int = 1
     batch_max: int = 50
     # Events a recovery looks at per batch (one short transaction each), and how many of its
