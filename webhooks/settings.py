@@ -228,7 +228,8 @@ class Settings:
     queue: str = "webhooks"
     dispatch_batch_size: int = 200
     # Attempts in flight below which a round's claims go one task each; above it they are
-    # grouped (`messages.group_claims`) and a busy dispatcher pauses between rounds
+    # grouped (`messages.group_claims`), and from it (and at least
+    # `workers.dispatcher.QUIET_IN_FLIGHT`) a dispatcher pauses between rounds
     # (`workers.dispatcher.GATHER`, which has the figures). Not the threads: a worker's
     # threads share one GIL and each message costs its consumer Celery's own few ms of it, so
     # singles saturate a worker long before its threads are busy. Raise it for workers spread

@@ -9,7 +9,7 @@ command takes a connection from the pool), so the channel keeps one per pool and
 new one only when the pool is replaced after a reconnect.
 
 `workers.app.celery_config` selects it for ``redis://`` broker URLs; every other URL keeps
-kombu's own transport.
+kombu's own transport. `waiting` tells the dispatcher whether the workers keep up.
 """
 
 from __future__ import annotations
@@ -52,6 +52,19 @@ class Channel(kombu_redis.Channel):
                 client = super()._create_client()  # type: ignore[no-untyped-call]
                 cached = self._command_client = (pool, client)
         return cached[1]
+
+
+def waiting(channel: Any, queue: str) -> int | None:
+    """How many messages in ``queue`` no consumer has taken yet; None where the transport
+    cannot say cheaply (only Redis is asked: one LLEN).
+
+    An idle Celery consumer waits in BRPOP, and Redis hands it a pushed message before it
+    answers the next command, so right after a publish this is 0 when a worker was free to
+    take it, and more when every consumer was busy with earlier messages.
+    """
+    if not isinstance(channel, kombu_redis.Channel):
+        return None
+    return int(channel.client.llen(queue))
 
 
 class Transport(kombu_redis.Transport):

@@ -57,6 +57,7 @@ from webhooks.outbox import REPLAYS_QUEUED, channel
 from webhooks.recovery import RECOVERIES_CREATED, advance_recoveries
 from webhooks.sealing import plaintext_warning
 from webhooks.settings import Settings
+from workers.broker import waiting
 
 log = logging.getLogger("webhooks.dispatcher")
 
@@ -81,18 +82,25 @@ FORGET_DISPATCHERS_AFTER = timedelta(days=1)
 # How often held rows of enabled endpoints are looked for (SPEC: a held delivery is attempted
 # within 5 s of its endpoint's enable, even when a publish raced the enable).
 RELEASE_HELD_EVERY = 2.0
-# How long a dispatcher pauses after a round that left the workers holding at least their
-# slots (`Settings.worker_slots`; 1 by default, so: after any round that sent). Rounds follow
-# the publishes' notifications, so under a steady stream each would carry a claim or two,
-# each its own message, and a worker's consumer pays Celery's own cost per message (~3.7 ms
-# on the bench machine) under the one GIL its attempts share: at 100/s a message waited
-# 33 ms (p50) in the broker for its turn, and at 190/s the queue grew without bound (p50
-# 2.4 s). The pause lets the next round carry what fell due meanwhile in one task. Measured
-# in alternation at 100/s and 200/s (p50 / p99, ms): a 20 ms pause 38-40 / 66-69 and 54-59 /
-# 97-100; 40 ms 51-52 / 86 and 68 / 108-109; 20 ms counted from the round's start (shorter
-# pauses, more messages) 41-48 / 104-133 and 120 / 245-283. An event that finds the
-# dispatcher idle is not delayed.
+# How long a dispatcher pauses after a round that found the workers behind (`_backlogged`).
+# Rounds follow the publishes' notifications, so under a steady stream each would carry a
+# claim or two, each its own message, and a worker's consumer pays Celery's own cost per
+# message (~3.7 ms on a slow bench machine, ~2 ms on a fast one) under the one GIL its
+# attempts share: at 100/s a message waited 33 ms (p50) in the broker for its turn, and at
+# 190/s the queue grew without bound (p50 2.4 s). The pause lets the next round carry what
+# fell due meanwhile in one task. Measured in alternation at 100/s and 200/s (p50 / p99, ms):
+# a 20 ms pause 38-40 / 66-69 and 54-59 / 97-100; 40 ms 51-52 / 86 and 68 / 108-109; 20 ms
+# counted from the round's start (shorter pauses, more messages) 41-48 / 104-133 and 120 /
+# 245-283; on a faster machine at 392/s: none 391 / 689 (the queue ran away), 5 ms 22 / 62,
+# 10 ms 25 / 41, 20 ms 29 / 45.
 GATHER = 0.02
+# A round that sent pauses only when the workers are behind: a message of an earlier round
+# still waits in the broker (no consumer was free to take it), or at least this many attempts
+# are in flight (at least `Settings.worker_slots`). Pausing after every round that sent cost
+# an event of a slow stream up to the whole pause: at 100/s p50 22-25 ms against 8-10 ms
+# with this rule, at 392/s 31-37 against 37-39 (alternated, 2,000 events, nginx receiver).
+# Below 4 the rule paused as often as pausing always did (23-24 ms at 100/s).
+QUIET_IN_FLIGHT = 4
 
 
 @dataclass
@@ -104,7 +112,7 @@ class TickResult:
     sent: int
     waiting: int = 0
     next_due: datetime | None = None
-    # The workers held at least their slots' worth of attempts after this round was sent.
+    # The round sent, and the workers were behind (`Dispatcher._backlogged`).
     backlogged: bool = False
 
 
@@ -126,9 +134,10 @@ def send_claims(app: Celery, settings: Settings, claims: Sequence[Claim], produc
     )
 
 
-def send_round(app: Celery, settings: Settings, groups: Sequence[Sequence[Claim]]) -> None:
+def send_round(app: Celery, settings: Settings, groups: Sequence[Sequence[Claim]]) -> int | None:
     """Publish a round's messages, one per group (`send_claims`), in one broker round trip
-    where the broker allows it.
+    where the broker allows it; return how many messages then wait in the queue untaken
+    (`workers.broker.waiting`: None where the broker cannot say).
 
     On Redis, kombu's `Producer.batch` buffers each message's LPUSH in one pipeline and
     sends it when the block ends: a round of N messages costs one round trip, not N (one
@@ -137,9 +146,11 @@ def send_round(app: Celery, settings: Settings, groups: Sequence[Sequence[Claim]
     message at once, as before. If the block fails, nothing of it is known to be sent: kombu
     discards what it buffered, and a failed pipeline may have written any part of it.
     """
-    with app.producer_or_acquire() as producer, producer.batch():
-        for group in groups:
-            send_claims(app, settings, group, producer)
+    with app.producer_or_acquire() as producer:
+        with producer.batch():
+            for group in groups:
+                send_claims(app, settings, group, producer)
+        return waiting(producer.channel, settings.queue)
 
 
 class Dispatcher:
@@ -210,11 +221,24 @@ class Dispatcher:
         if reaped.count:
             self._report(reaped)
         metrics.CLAIMED.inc(len(batch.claims))
-        sent = self._send(batch)
-        backlogged = bool(sent) and batch.in_flight + sent >= self.settings.worker_slots
+        sent, untaken = self._send(batch)
         return TickResult(
-            reaped.count, len(batch.claims), sent, batch.waiting, next_due, backlogged
+            reaped.count,
+            len(batch.claims),
+            sent,
+            batch.waiting,
+            next_due,
+            backlogged=bool(sent) and self._backlogged(batch.in_flight + sent, untaken),
         )
+
+    def _backlogged(self, in_flight: int, untaken: int | None) -> bool:
+        """Whether the workers are behind (the next round should gather, `GATHER`), from the
+        attempts in flight once this round's are sent and the messages left untaken in the
+        broker; a broker that cannot say (None) leaves the attempts in flight to decide."""
+        slots = self.settings.worker_slots
+        if untaken is None:
+            return in_flight >= slots
+        return untaken > 0 or in_flight >= max(slots, QUIET_IN_FLIGHT)
 
     def _report(self, reaped: Reaped) -> None:
         log.warning("dispatcher.leases_expired", extra={"count": reaped.count})
@@ -241,12 +265,13 @@ class Dispatcher:
         self._last[what] = now
         return True
 
-    def _send(self, batch: ClaimBatch) -> int:
+    def _send(self, batch: ClaimBatch) -> tuple[int, int | None]:
         """Send the round's claims, alone or grouped (`messages.group_claims`), in one write
-        (`send_round`); if it fails, give them all back. Returns how many claims went out."""
+        (`send_round`); if it fails, give them all back. Returns how many claims went out,
+        and how many messages the broker then held untaken (None: it cannot say)."""
         claims = batch.claims
         if not claims:
-            return 0
+            return 0, None
         groups = group_claims(
             claims,
             in_flight=batch.in_flight,
@@ -255,15 +280,15 @@ class Dispatcher:
             alone=lambda claim: claim.endpoint_id in batch.unsteady,
         )
         try:
-            send_round(self.app, self.settings, groups)
+            untaken = send_round(self.app, self.settings, groups)
         except Exception:
             # A message of a released claim that did reach the broker finds its claim token
             # gone and is dropped by the worker (`recording`); the row is claimed again.
             log.exception("dispatcher.broker_error", extra={"unsent": len(claims)})
             with self.engine.begin() as conn:
                 release_claims(conn, self.settings, list(claims), clock.now())
-            return 0
-        return len(claims)
+            return 0, None
+        return len(claims), untaken
 
     def run(self) -> None:
         """Loop until stopped, surviving database and broker outages."""
