@@ -1,5 +1,6 @@
 """A dispatcher round's messages reach Redis in one round trip, byte for byte as one publish
-each would write them (`workers.dispatcher.send_round`)."""
+each would write them (`workers.dispatcher.send_round`); one more asks whether a worker took
+them (`workers.broker.waiting`)."""
 
 from __future__ import annotations
 
@@ -44,14 +45,15 @@ def app(settings: Settings) -> Iterator[Celery]:
 
 
 class RoundTrips:
-    """Counts writes of commands to Redis: a pipeline is one, a lone command one each."""
+    """Records writes of commands to Redis: a pipeline is one, a lone command one each."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
+        self.packets: list[bytes] = []
         send = redis.connection.AbstractConnection.send_packed_command
 
         def counted(connection: Any, command: Any, check_health: bool = True) -> None:
-            self.count += 1
+            parts = [command] if isinstance(command, (bytes, memoryview)) else command
+            self.packets.append(b"".join(bytes(part) for part in parts))
             send(connection, command, check_health)
 
         monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
@@ -73,8 +75,11 @@ def test_a_round_of_messages_costs_one_redis_round_trip(
     queued(settings)
     groups = [[claim(n)] for n in range(1, ROUND)] + [[claim(100), claim(101)]]
     trips = RoundTrips(monkeypatch)
-    send_round(app, settings, groups)
-    assert trips.count == 1
+    untaken = send_round(app, settings, groups)
+    pushes, asked = trips.packets
+    assert pushes.count(b"LPUSH") == ROUND
+    assert asked.startswith(b"*2\r\n$4\r\nLLEN\r\n")
+    assert untaken == ROUND  # no worker here: every message still waits
     assert len(queued(settings)) == ROUND
 
 
