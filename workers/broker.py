@@ -64,7 +64,10 @@ def waiting(channel: Any, queue: str) -> int | None:
     """
     if not isinstance(channel, kombu_redis.Channel):
         return None
-    return int(channel.client.llen(queue))
+    # The channel's command client: its `client` attribute is the asynchronous one, whose
+    # connection belongs to BRPOP and must not carry other replies.
+    with channel.conn_or_acquire() as client:
+        return int(client.llen(queue))
 
 
 class Transport(kombu_redis.Transport):

@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 import psycopg
+import redis.exceptions
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import Engine
@@ -134,10 +135,9 @@ def send_claims(app: Celery, settings: Settings, claims: Sequence[Claim], produc
     )
 
 
-def send_round(app: Celery, settings: Settings, groups: Sequence[Sequence[Claim]]) -> int | None:
+def send_round(app: Celery, settings: Settings, groups: Sequence[Sequence[Claim]]) -> None:
     """Publish a round's messages, one per group (`send_claims`), in one broker round trip
-    where the broker allows it; return how many messages then wait in the queue untaken
-    (`workers.broker.waiting`: None where the broker cannot say).
+    where the broker allows it.
 
     On Redis, kombu's `Producer.batch` buffers each message's LPUSH in one pipeline and
     sends it when the block ends: a round of N messages costs one round trip, not N (one
@@ -146,11 +146,22 @@ def send_round(app: Celery, settings: Settings, groups: Sequence[Sequence[Claim]
     message at once, as before. If the block fails, nothing of it is known to be sent: kombu
     discards what it buffered, and a failed pipeline may have written any part of it.
     """
-    with app.producer_or_acquire() as producer:
-        with producer.batch():
-            for group in groups:
-                send_claims(app, settings, group, producer)
-        return waiting(producer.channel, settings.queue)
+    with app.producer_or_acquire() as producer, producer.batch():
+        for group in groups:
+            send_claims(app, settings, group, producer)
+
+
+def untaken_messages(app: Celery, settings: Settings) -> int | None:
+    """How many messages wait in the queue that no worker took (`workers.broker.waiting`);
+    None where the broker cannot say, or did not answer: the messages are sent either way,
+    and the attempts in flight decide alone (`Dispatcher._backlogged`)."""
+    untaken = None
+    try:
+        with app.producer_or_acquire() as producer:
+            untaken = waiting(producer.channel, settings.queue)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        log.warning("dispatcher.queue_length_unknown", extra={"error": str(exc)})
+    return untaken
 
 
 class Dispatcher:
@@ -280,7 +291,7 @@ class Dispatcher:
             alone=lambda claim: claim.endpoint_id in batch.unsteady,
         )
         try:
-            untaken = send_round(self.app, self.settings, groups)
+            send_round(self.app, self.settings, groups)
         except Exception:
             # A message of a released claim that did reach the broker finds its claim token
             # gone and is dropped by the worker (`recording`); the row is claimed again.
@@ -288,7 +299,7 @@ class Dispatcher:
             with self.engine.begin() as conn:
                 release_claims(conn, self.settings, list(claims), clock.now())
             return 0, None
-        return len(claims), untaken
+        return len(claims), untaken_messages(self.app, self.settings)
 
     def run(self) -> None:
         """Loop until stopped, surviving database and broker outages."""

@@ -1,6 +1,6 @@
 """A dispatcher round's messages reach Redis in one round trip, byte for byte as one publish
 each would write them (`workers.dispatcher.send_round`); one more asks whether a worker took
-them (`workers.broker.waiting`)."""
+them (`workers.dispatcher.untaken_messages`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from celery import Celery
 from webhooks.messages import Claim, Trigger
 from webhooks.settings import Settings
 from workers.app import celery_config
-from workers.dispatcher import send_claims, send_round
+from workers.dispatcher import send_claims, send_round, untaken_messages
 
 ROUND = 12
 
@@ -75,7 +75,8 @@ def test_a_round_of_messages_costs_one_redis_round_trip(
     queued(settings)
     groups = [[claim(n)] for n in range(1, ROUND)] + [[claim(100), claim(101)]]
     trips = RoundTrips(monkeypatch)
-    untaken = send_round(app, settings, groups)
+    send_round(app, settings, groups)
+    untaken = untaken_messages(app, settings)
     pushes, asked = trips.packets
     assert pushes.count(b"LPUSH") == ROUND
     assert asked.startswith(b"*2\r\n$4\r\nLLEN\r\n")

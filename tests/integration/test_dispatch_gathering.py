@@ -186,3 +186,23 @@ def test_a_round_that_leaves_many_attempts_in_flight_is_followed_by_a_pause(
     assert result.sent == QUIET_IN_FLIGHT
     assert len(consumer.taken) == 1
     assert result.backlogged
+
+
+def test_a_broker_that_cannot_say_what_waits_leaves_the_sent_claims_sent(
+    busy: Settings, engine: Engine, ticking: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unanswered(channel: object, queue: str) -> int:
+        raise redis.exceptions.ConnectionError("the queue length was not read")
+
+    monkeypatch.setattr("workers.dispatcher.waiting", unanswered)
+    new_endpoint(engine, busy, "http://127.0.0.1:9/hook", "proj_mute")
+    publish_one(engine, busy, "proj_mute")
+    result = ticking.tick()
+    assert result.sent == 1
+    assert result.backlogged  # not knowing, it gathers as if the workers lagged
+    assert len(_messages(busy)) == 1
+    with engine.connect() as conn:
+        states = conn.execute(
+            sa.text(f"SELECT state, count(*) FROM {busy.db_schema}.deliveries GROUP BY state")
+        ).all()
+    assert ("delivering", 1) in [tuple(row) for row in states]  # claimed, not given back
