@@ -98,9 +98,10 @@ GATHER = 0.02
 # A round that sent pauses only when the workers are behind: a message of an earlier round
 # still waits in the broker (no consumer was free to take it), or at least this many attempts
 # are in flight (at least `Settings.worker_slots`). Pausing after every round that sent cost
-# an event of a slow stream up to the whole pause: at 100/s p50 22-25 ms against 8-10 ms
-# with this rule, at 392/s 31-37 against 37-39 (alternated, 2,000 events, nginx receiver).
-# Below 4 the rule paused as often as pausing always did (23-24 ms at 100/s).
+# an event of a slow stream up to the whole pause: p50 at 100/s 22-25 ms against 8-11 ms with
+# this rule; at 392/s p50 31-37 against 31-41, p99 (median of runs) 55 against 61 ms
+# (bench/RESULTS.md, 2026-12-03). 2 paused as often as always; the Redis test alone came too
+# late at 392/s (p99 170 ms).
 QUIET_IN_FLIGHT = 4
 
 
