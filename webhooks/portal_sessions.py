@@ -1,7 +1,8 @@
 """Portal sessions: a single-use link to the portal, exchanged for a session cookie.
 
 A key with write scope asks for a link (`create_portal_session`); the link carries a token
-that works once (`open_portal_session`), until the session's ``expires_at``: opening it
+that works once (`open_portal_session`; `check_portal_link` looks without using it), until
+the session's ``expires_at``: opening it
 returns a second token, the session cookie's, which lasts until the same moment
 (`authenticate_session`). A session can be revoked at any time (`revoke_portal_session`),
 which ends the link and the cookie alike. Both tokens are 43 URL-safe random characters
@@ -151,11 +152,30 @@ def open_portal_session(
     ).one_or_none()
     if row is not None:
         return _session(row), session_token
-    found = conn.execute(sql(SESSION_BY_LINK, schema), {"link_hash": link_hash}).one_or_none()
+    check_portal_link(conn, schema, link_token, now)
+    raise InvalidPortalLink("used")
+
+
+def check_portal_link(
+    conn: Connection, schema: str, link_token: str, now: datetime
+) -> PortalSession:
+    """The session a link would open, without opening it (a page that asks the viewer to
+    continue is shown first: mail scanners and chat previews fetch links, and must not use
+    them up).
+
+    Raises:
+        InvalidPortalLink: the link is unknown, was used already, has expired or was revoked.
+    """
+    found = conn.execute(
+        sql(SESSION_BY_LINK, schema), {"link_hash": hash_token(link_token)}
+    ).one_or_none()
     if found is None:
         raise InvalidPortalLink("unknown")
     session = _session(found)
-    raise InvalidPortalLink(_why_unusable(session, now) or "used")
+    reason = _why_unusable(session, now) or ("used" if session.opened_at is not None else None)
+    if reason is not None:
+        raise InvalidPortalLink(reason)
+    return session
 
 
 def authenticate_session(

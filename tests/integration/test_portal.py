@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from httpx import Response
 from sqlalchemy.engine import Engine
 
 from tests.support.api import bearer, new_key
@@ -52,6 +53,16 @@ def browser(app: FastAPI, base_url: str = "http://127.0.0.1") -> TestClient:
     return TestClient(app, base_url=base_url, follow_redirects=False)
 
 
+def open_link(visitor: TestClient, link: str) -> Response:
+    """Open a portal link as a browser does: its page uses nothing up and posts itself
+    (portal.js); an unusable link's GET is its error page."""
+    shown = visitor.get(link)
+    if shown.status_code != 200:
+        return shown
+    assert "data-autosubmit" in shown.text and "set-cookie" not in shown.headers
+    return visitor.post(link)
+
+
 def sign_in(
     app: FastAPI, engine: Engine, settings: Settings, project: str, mode: str = "live"
 ) -> TestClient:
@@ -59,7 +70,7 @@ def sign_in(
     api = browser(app)
     link = api.post("/v1/webhook_portal_sessions", headers=bearer(key)).json()["url"]
     visitor = browser(app)
-    assert visitor.get(link).status_code == 303
+    assert open_link(visitor, link).status_code == 303
     return visitor
 
 
@@ -108,7 +119,7 @@ def test_opening_the_link_sets_a_session_cookie_and_redirects_to_a_url_without_t
 ) -> None:
     link = portal_link(client, new_key(engine, settings, project))["url"]
     visitor = browser(app)
-    opened = visitor.get(link)
+    opened = open_link(visitor, link)
     assert opened.status_code == 303
     assert opened.headers["location"] == "/portal/"
     cookie = opened.headers["set-cookie"]
@@ -122,6 +133,23 @@ def test_opening_the_link_sets_a_session_cookie_and_redirects_to_a_url_without_t
     assert project in home.text and "No endpoints yet" in home.text
 
 
+def test_fetching_a_link_as_a_mail_scanner_or_chat_preview_does_not_use_it_up(
+    app: FastAPI, client: TestClient, engine: Engine, settings: Settings, project: str
+) -> None:
+    link = portal_link(client, new_key(engine, settings, project))["url"]
+    for _ in range(2):
+        fetched = browser(app).get(link)  # a bot: no script, never posts
+        assert fetched.status_code == 200 and "set-cookie" not in fetched.headers
+        assert 'method="post"' in fetched.text and link in fetched.text
+        assert "no-store" in fetched.headers["cache-control"]
+    visitor = browser(app)
+    opened = open_link(visitor, link)
+    assert opened.status_code == 303 and opened.headers["set-cookie"].startswith("webhooks_")
+    assert visitor.get("/portal/").status_code == 200
+    again = browser(app).post(link)
+    assert again.status_code == 410 and "already used" in again.text
+
+
 def test_the_cookie_is_secure_unless_plain_http_is_allowed(
     engine: Engine, settings: Settings, project: str
 ) -> None:
@@ -129,7 +157,7 @@ def test_the_cookie_is_secure_unless_plain_http_is_allowed(
     key = new_key(engine, settings, project)
     with TestClient(strict, base_url="https://testserver", follow_redirects=False) as api:
         link = api.post("/v1/webhook_portal_sessions", headers=bearer(key)).json()["url"]
-        opened = api.get(link)
+        opened = open_link(api, link)
         plain = browser(strict, "http://testserver")
         refused = plain.get("/portal/")
     assert opened.status_code == 303 and "secure" in opened.headers["set-cookie"].lower()
@@ -140,7 +168,7 @@ def test_a_second_use_of_the_link_fails_clearly_and_signs_nobody_in(
     app: FastAPI, client: TestClient, engine: Engine, settings: Settings, project: str
 ) -> None:
     link = portal_link(client, new_key(engine, settings, project))["url"]
-    assert browser(app).get(link).status_code == 303
+    assert open_link(browser(app), link).status_code == 303
     again = browser(app)
     second = again.get(link)
     assert second.status_code == 410
@@ -162,7 +190,7 @@ def test_an_expired_link_and_an_expired_session_show_the_error_page(
     key = new_key(engine, settings, project)
     unused = portal_link(client, key)["url"]
     visitor = browser(app)
-    assert visitor.get(portal_link(client, key)["url"]).status_code == 303
+    assert open_link(visitor, portal_link(client, key)["url"]).status_code == 303
     assert visitor.get("/portal/").status_code == 200
     # Only the server's clock moves. freezegun would move the test client's too, and the client
     # would drop the expired cookie itself, so the server's own check would never be reached.
@@ -180,7 +208,7 @@ def test_a_revoked_session_ends_its_link_and_its_cookie(
     key = new_key(engine, settings, project)
     opened, unopened = portal_link(client, key), portal_link(client, key)
     visitor = browser(app)
-    assert visitor.get(opened["url"]).status_code == 303
+    assert open_link(visitor, opened["url"]).status_code == 303
     other = new_key(engine, settings, project, "test")
     assert (
         client.delete(f"/v1/webhook_portal_sessions/{opened['id']}", headers=bearer(other))

@@ -65,7 +65,7 @@ from webhooks.portal._web import (
     require_secure,
     set_session_cookie,
 )
-from webhooks.portal_sessions import open_portal_session
+from webhooks.portal_sessions import check_portal_link, open_portal_session
 from webhooks.replay import replay_event
 
 T = TypeVar("T")
@@ -138,6 +138,24 @@ def _next(request: Request, scope: Scope, list_name: str, position: Position | N
 
 
 @router.get("/enter/{token}")
+async def enter_page(request: Request, token: str) -> Response:
+    """The page a link opens: it uses nothing up (mail scanners and chat previews fetch
+    links), and posts itself to `enter` at once in a browser (a button without script)."""
+    require_secure(request)
+    state = state_of(request)
+
+    def check() -> Any:
+        with translate_errors(state.settings), state.engine.connect() as conn:
+            return check_portal_link(conn, state.settings.db_schema, token[:200], clock.now())
+
+    try:
+        await run_in_threadpool(check)
+    except InvalidPortalLink as exc:
+        raise link_error(exc, is_session=False) from exc
+    return page(request, "enter.html", token=token[:200], title="Opening the portal")
+
+
+@router.post("/enter/{token}")
 async def enter(request: Request, token: str) -> Response:
     """Exchange a single-use link for a session cookie, then go to a URL without the token
     (a 303 replaces the link in the browser's history)."""
