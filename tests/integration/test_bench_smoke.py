@@ -86,7 +86,27 @@ def made_up_results() -> dict[str, object]:
         "receiver": "nginx",
         "config": {"runs": 1},
     }
-    return summarize(meta, per_run, {}, [])  # type: ignore[arg-type]
+    one = lambda v: {"min": v, "median": v, "max": v, "n": 1}  # noqa: E731
+    extra = {
+        "publish_endpoints": {
+            f"e{n}": {
+                "endpoints": n,
+                "publish_p50_ms": one(3.0 * ratio),
+                "bare_insert_p50_ms": one(3.0),
+                "ratio": one(ratio),
+            }
+            for n, ratio in ((1, 1.2), (500, 1.4), (5000, 1.6))
+        },
+        "api": {
+            "hello_per_s": one(8000.0),
+            "list_per_s": one(2400.0),
+            "list_half_p99_ms": one(20.0),
+            "list_page_large_ms": one(3.0),
+            "list_page_small_ms": one(2.0),
+            "sizes": {"large": 1_000_000, "small": 10_000},
+        },
+    }
+    return summarize(meta, per_run, extra, [])  # type: ignore[arg-type]
 
 
 def test_report_pairs_each_product_figure_with_its_same_run_baselines() -> None:
@@ -95,11 +115,22 @@ def test_report_pairs_each_product_figure_with_its_same_run_baselines() -> None:
     assert ratios["throughput_vs_noop"]["median"] == pytest.approx(0.75)  # type: ignore[index]
     assert ratios["throughput_vs_naive"]["median"] == pytest.approx(7.5)  # type: ignore[index]
     met = {t["target"]: t["met"] for t in results["targets"]}  # type: ignore[attr-defined]
-    assert met["throughput vs Celery no-op (same run)"] is True
+    # Issue 15's targets: 1.5x Celery's no-op and 20x the naive design.
+    assert met["throughput vs Celery no-op (same run)"] is False
     assert met["throughput vs naive baseline (same run)"] is False
+    assert met["commit→arrival p50 at half peak (ms)"] is True
     assert met["claim time, 1 M vs 10 k rows of history"] is None  # not measured here
+    # Publish against a bare INSERT at one endpoint and at the largest project measured.
+    assert met["publish p50, 8 writers, 1 endpoint, vs a bare INSERT"] is True
+    assert met["publish p50, 8 writers, 5,000 endpoints, vs a bare INSERT"] is False
+    # Issue 13's: the list page at 30 % of hello, 1.5x the page cost with the large history.
+    assert met["API list page rate, % of a bare uvicorn hello"] is True
+    assert met["API list page, large vs small history"] is True
+    assert met["API filtered page rate, % of a bare uvicorn hello"] is None
     markdown = render(results)
-    assert "| throughput vs Celery no-op (same run) | ≥ 0.60x | 0.75 | met |" in markdown
+    assert "| throughput vs Celery no-op (same run) | ≥ 1.5x | 0.75 | **not met** |" in markdown
+    assert "| publish ms p50, 8 writers, project of 5,000 endpoints | " in markdown
+    assert "| API list page ms, 1,000,000 attempts stored | 3.00 / 3.00 / 3.00 |" in markdown
     assert "| worker CPU, µs | 2,500 / 2,500 / 2,500 |" in markdown
     assert "| dispatcher CPU, µs | - |" in markdown  # a cost not measured shows as such
 
@@ -124,7 +155,7 @@ def test_quick_bench_runs_every_pipeline_and_counts_every_event(
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    assert "## Targets (issue 5)" in completed.stdout
+    assert "## Targets (issues 15 and 13; claim time and RSS from issue 5)" in completed.stdout
     assert checkout_files() == before, "the bench wrote into the checkout"
     results = json.loads((tmp_path / "latest-quick.json").read_text())
     product = results["per_run"]["product_drain"][0]
@@ -139,6 +170,14 @@ def test_quick_bench_runs_every_pipeline_and_counts_every_event(
     assert product["broker_in_bytes_per_delivery"] > 0
     assert results["per_run"]["noop_drain"][0]["completed"] == results["meta"]["config"]["events"]
     assert "product_w8" in results["extra"]["publish"]
+    # Issue 15's publish figures: by endpoints per project, and one event's fan-out.
+    assert sorted(r["endpoints"] for r in results["extra"]["publish_endpoints"].values()) == [
+        1,
+        5,
+        50,
+    ]
+    fan = results["extra"]["fan_out"]
+    assert fan["arrived"] == fan["endpoints"] == 50
 
 
 @pytest.mark.slow
