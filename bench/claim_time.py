@@ -20,6 +20,7 @@ from bench.common import engine_for, isolated_schema, make_env, say, spread
 from webhooks import clock
 from webhooks.claiming import claim_due
 from webhooks.endpoints import add_endpoint
+from webhooks.expansion import expand_events
 from webhooks.outbox import publish
 
 ENDPOINTS = 20
@@ -94,7 +95,7 @@ def measure(
                         conn, settings, url=f"https://example.com/{n}", project_id=f"proj_c{n}"
                     )
                     endpoints.append(endpoint.id)
-                for i in range(DUE):
+                published = [
                     publish(
                         conn,
                         project_id=f"proj_c{i % ENDPOINTS}",
@@ -102,6 +103,11 @@ def measure(
                         data={"i": i},
                         settings=settings,
                     )
+                    for i in range(DUE)
+                ]
+            # A dispatcher expands events into deliveries after their commit; none runs here.
+            with engine.begin() as conn:
+                expand_events(conn, settings, published)
             started = time.perf_counter()
             _add_history(engine, settings.db_schema, endpoints, 1, small)
             say(f"claim time: {small} rows of history in {time.perf_counter() - started:.1f}s")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # What Python and the tools write by themselves; anything else the bench writes is a leak.
 CACHES = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
           ".hypothesis"}  # fmt: skip
-SECTIONS = ["--only", "throughput", "--only", "publish"]
+SECTIONS = ["--only", "throughput", "--only", "publish", "--only", "claim"]
 
 
 def checkout_files() -> dict[str, tuple[int, int]]:
@@ -176,6 +176,8 @@ def test_quick_bench_runs_every_pipeline_and_counts_every_event(
         5,
         50,
     ]
+    claim = results["extra"]["claim"]  # every due delivery claimed, over both histories
+    assert claim["small_ms"]["n"] == claim["large_ms"]["n"] == 1
     fan = results["extra"]["fan_out"]
     assert fan["arrived"] == fan["endpoints"] == 50
 
