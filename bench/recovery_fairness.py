@@ -34,6 +34,7 @@ from bench.runs import PAYLOAD, first_arrivals, latency_figures
 from webhooks import clock
 from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
+from webhooks.expansion import expand_events
 from webhooks.outbox import publish
 from webhooks.recovery import RecoverySelection, create_recovery, get_recovery
 from webhooks.settings import Settings
@@ -53,7 +54,7 @@ WHERE project_id = :project_id
 def _seed_outage(engine: sa.Engine, settings: Settings, project: str, events: int) -> None:
     for start in range(0, events, 500):
         with engine.begin() as conn:
-            for i in range(start, min(events, start + 500)):
+            published = [
                 publish(
                     conn,
                     project_id=project,
@@ -61,10 +62,17 @@ def _seed_outage(engine: sa.Engine, settings: Settings, project: str, events: in
                     data={**PAYLOAD, "n": i},
                     settings=settings,
                 )
+                for i in range(start, min(events, start + 500))
+            ]
+        # A dispatcher expands events into deliveries after their commit; none runs yet.
+        with engine.begin() as conn:
+            expand_events(conn, settings, published)
     with engine.begin() as conn:
-        conn.execute(
+        failed = conn.execute(
             sql(FAIL_DELIVERIES, settings.db_schema), {"now": clock.now(), "project_id": project}
-        )
+        ).rowcount
+    # Without deliveries to fail, the recovery would replay nothing and the figure be empty.
+    assert failed == events * RECOVERED, f"failed {failed} of {events * RECOVERED} deliveries"
 
 
 class _Traffic:

@@ -22,7 +22,11 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from sqlalchemy.engine import Engine
@@ -88,7 +92,7 @@ class Portal:
         caller polling for some text then simply looks again)."""
         try:
             return str(self.driver.find_element(By.TAG_NAME, "body").text)
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, NoSuchElementException):  # no body yet
             return ""
 
     def new_link(self) -> str:

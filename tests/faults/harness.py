@@ -38,6 +38,7 @@ from webhooks.database import sql
 from webhooks.endpoints import add_endpoint
 from webhooks.event_types import matches
 from webhooks.outbox import publish
+from webhooks.recording import renew_below
 from webhooks.settings import Settings
 
 # Three endpoints with different filters, so "every subscribed endpoint" means something.
@@ -48,8 +49,10 @@ ENDPOINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 EVENT_TYPES = ("deployment.succeeded", "deployment.build.failed", "project.updated")
 PUBLISH_CHUNK = 10
-# A re-send after a lost record comes one lease after the lost request started; the request
-# reaches the receiver a moment after the lease was renewed, hence a little slack.
+# A re-send after a lost record comes one lease after the claim. The worker sends under the
+# dispatcher's lease while at least `renew_below` of it is left (renewing it first otherwise),
+# so the re-send follows the lost request by at least that; the request reaches the receiver a
+# moment after it was sent, hence a little slack.
 LEASE_SLACK_SECONDS = 0.5
 QUIET_SECONDS = 1.0
 ARRIVAL_SLACK_SECONDS = 0.25
@@ -408,7 +411,7 @@ class Ledger:
                 if attempt is not None and not attempt.succeeded:
                     after_failure += 1
                 elif attempt is None and later.arrived_at - request.arrived_at >= (
-                    d.lease_seconds - LEASE_SLACK_SECONDS
+                    renew_below(d.settings).total_seconds() - LEASE_SLACK_SECONDS
                 ):
                     after_lost += 1
                     resend_lag = max(resend_lag, later.arrived_at - request.arrived_at)
