@@ -78,10 +78,6 @@ class Deployment:
     endpoints: list[Endpoint] = field(default_factory=list)
     events: dict[str, str] = field(default_factory=dict)  # event id -> type
 
-    @property
-    def lease_seconds(self) -> float:
-        return self.settings.lease.total_seconds()
-
     def expected_pairs(self) -> set[tuple[str, str]]:
         return {
             (event_id, endpoint.id)
